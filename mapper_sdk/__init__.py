@@ -1,0 +1,1 @@
+"""Mapperkit SDK."""

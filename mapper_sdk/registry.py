@@ -1,0 +1,123 @@
+"""Driver discovery through the ``mapper_sdk.drivers`` entry-point group.
+
+A protocol package registers its driver class in its ``pyproject.toml``::
+
+    [project.entry-points."mapper_sdk.drivers"]
+    myproto = "my_package:MyDriver"
+
+Each entry is loaded and checked when the registry is built (the class is a
+:class:`~mapper_sdk.driver.Driver` subclass whose ``protocol`` matches the entry
+name and whose config classes are pydantic models), so a broken plugin is
+reported once, with its distribution, instead of failing on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from pydantic import BaseModel
+
+from .driver import Driver
+from .errors import DriverNotFound
+
+__all__ = ["DRIVER_GROUP", "DriverInfo", "Registry"]
+
+DRIVER_GROUP = "mapper_sdk.drivers"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    """One entry of the ``mapper_sdk.drivers`` group."""
+
+    protocol: str
+    target: str
+    distribution: str | None
+    version: str | None
+    driver: type[Driver[Any, Any]] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.driver is not None
+
+
+def _check(name: str, obj: Any) -> type[Driver[Any, Any]]:
+    if not (isinstance(obj, type) and issubclass(obj, Driver)):
+        raise TypeError(f"{obj!r} is not a mapper_sdk.driver.Driver subclass")
+    protocol = getattr(obj, "protocol", None)
+    if protocol != name:
+        raise TypeError(
+            f"{obj.__qualname__}.protocol is {protocol!r}, the entry point says {name!r}"
+        )
+    for attr in ("protocol_config", "visitor_config"):
+        cls = getattr(obj, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise TypeError(f"{obj.__qualname__}.{attr} must be a pydantic model class")
+    if getattr(obj, "__abstractmethods__", None):
+        missing = ", ".join(sorted(obj.__abstractmethods__))
+        raise TypeError(f"{obj.__qualname__} does not implement {missing}")
+    return obj
+
+
+class Registry(Mapping[str, type[Driver[Any, Any]]]):
+    """The installed drivers, by protocol name. A mapping of the loadable ones.
+
+    Args:
+        drivers: explicit driver classes; when given, entry points are not read
+            (tests and embedded use inject drivers this way).
+    """
+
+    def __init__(self, drivers: Mapping[str, type[Driver[Any, Any]]] | None = None) -> None:
+        self._infos: dict[str, DriverInfo] = {}
+        if drivers is not None:
+            for name, cls in drivers.items():
+                checked = _check(name, cls)
+                self._infos[name] = DriverInfo(
+                    name, f"{cls.__module__}:{cls.__qualname__}", None, None, checked
+                )
+        else:
+            self._discover()
+
+    def _discover(self) -> None:
+        for ep in entry_points(group=DRIVER_GROUP):
+            self._infos[ep.name] = self._load(ep)
+
+    @staticmethod
+    def _load(ep: EntryPoint) -> DriverInfo:
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        try:
+            cls = _check(ep.name, ep.load())
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("driver %s from %s cannot be loaded: %s", ep.name, dist, reason)
+            return DriverInfo(ep.name, ep.value, dist, version, None, reason)
+        return DriverInfo(ep.name, ep.value, dist, version, cls)
+
+    def infos(self) -> list[DriverInfo]:
+        """Every entry, loadable or not, sorted by protocol."""
+        return [self._infos[k] for k in sorted(self._infos)]
+
+    def get_driver(self, protocol: str) -> type[Driver[Any, Any]]:
+        """The driver for ``protocol``, or :class:`DriverNotFound` naming what is installed."""
+        info = self._infos.get(protocol)
+        if info is None or info.driver is None:
+            raise DriverNotFound(protocol, list(self))
+        return info.driver
+
+    def __getitem__(self, protocol: str) -> type[Driver[Any, Any]]:
+        info = self._infos.get(protocol)
+        if info is None or info.driver is None:
+            raise KeyError(protocol)
+        return info.driver
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, v in self._infos.items() if v.driver is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for v in self._infos.values() if v.driver is not None)
