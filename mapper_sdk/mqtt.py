@@ -1,0 +1,336 @@
+"""MQTT for Mapperkit processes: settings from a URL, and a self-healing link.
+
+:class:`MqttSettings` turns ``mqtt://`` / ``mqtts://`` URLs plus options into
+what aiomqtt (paho-mqtt underneath) needs: MQTT 3.1.1 by default (KubeEdge's
+edgecore speaks it), MQTT 5 on request, TLS with a CA file and an optional
+client certificate, username and password.
+
+:class:`MqttLink` is one connection per process that reconnects by itself with
+backoff, re-subscribes after every reconnect, hands each incoming message to
+a synchronous callback, and tells its owner when it is up or down. Publishing
+raises :class:`LinkDown` while the broker is away, so the caller (the outbox)
+decides what to keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from .errors import ConfigError, MapperError
+
+__all__ = ["LinkDown", "MqttLink", "MqttSettings"]
+
+log = logging.getLogger(__name__)
+
+
+class LinkDown(MapperError):
+    """The broker is not reachable right now; the message was not published."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """How to reach the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str | None = None
+    keepalive: int = 30
+    timeout: float = 10.0
+    clean_session: bool = True
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        protocol: str = "3.1.1",
+        client_id: str | None = None,
+    ) -> MqttSettings:
+        """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``.
+
+        ``tcp://`` and ``ssl://`` (KubeEdge's spelling) are accepted too.
+        Explicit keyword arguments win over credentials in the URL.
+        """
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        scheme = parts.scheme.lower()
+        if scheme in ("mqtt", "tcp"):
+            tls = False
+        elif scheme in ("mqtts", "ssl", "tls"):
+            tls = True
+        else:
+            raise ConfigError(
+                f"broker URL {url!r}: scheme must be mqtt:// or mqtts://, got {scheme}://"
+            )
+        if not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+        if protocol not in ("3.1.1", "5"):
+            raise ConfigError(f"MQTT protocol must be 3.1.1 or 5, got {protocol!r}")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=username or (unquote(parts.username) if parts.username else None),
+            password=password or (unquote(parts.password) if parts.password else None),
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            protocol=protocol,  # type: ignore[arg-type]
+            client_id=client_id,
+        )
+
+    def with_client_id(self, client_id: str) -> MqttSettings:
+        return replace(self, client_id=client_id)
+
+    @property
+    def url(self) -> str:
+        """The broker as a URL, without credentials (safe to log)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS setup for {self.url} failed: {exc}") from None
+        return ctx
+
+    def client(self, *, client_id: str | None = None, **kwargs: Any) -> aiomqtt.Client:
+        """A new, not yet connected aiomqtt client for these settings."""
+        return aiomqtt.Client(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            identifier=client_id or self.client_id or f"mapperkit-{uuid.uuid4().hex[:12]}",
+            protocol=paho.MQTTv5 if self.protocol == "5" else paho.MQTTv311,
+            tls_context=self.tls_context(),
+            keepalive=self.keepalive,
+            timeout=self.timeout,
+            clean_session=None if self.protocol == "5" else self.clean_session,
+            **kwargs,
+        )
+
+
+MessageHandler = Callable[[aiomqtt.Message], None]
+
+
+def describe_mqtt_error(exc: BaseException) -> str:
+    """A readable reason for an aiomqtt error (refused credentials, TLS, no broker)."""
+    text = str(exc)
+    rc = getattr(exc, "rc", None)
+    if rc is not None:
+        name = getattr(rc, "getName", None)
+        rc_text = name() if callable(name) else str(rc)
+        if "not authori" in text.lower() or rc_text in (
+            "Not authorized",
+            "Bad user name or password",
+        ):
+            return f"the broker refused the credentials ({rc_text})"
+        return f"{text} ({rc_text})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"the broker's TLS certificate is not trusted: {text}"
+    return text or type(exc).__name__
+
+
+class MqttLink:
+    """One self-healing MQTT connection.
+
+    Args:
+        settings: where and how to connect.
+        subscriptions: topic filters to (re)subscribe after every connect, QoS 1.
+        on_message: synchronous handler for every incoming message; keep it
+            cheap (put work on a queue).
+        on_connect: awaited after every (re)connect and resubscribe, before
+            :attr:`up` is set; the mapper fetches desired values here.
+        name: for logs and task names.
+        will: ``(topic, payload)`` published by the broker if the link dies.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: Sequence[str] = (),
+        on_message: MessageHandler | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        name: str = "mqtt",
+        will: tuple[str, bytes] | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self.name = name
+        self._will = will
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._client: aiomqtt.Client | None = None
+        self.up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self._task: asyncio.Task[None] | None = None
+        self._entered = False
+        self.connects = 0
+        self.last_error: str | None = None
+
+    # ---- lifecycle -----------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("MqttLink is not reentrant")
+        self._entered = True
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}.connection")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._entered = False
+
+    async def wait_up(self) -> None:
+        """Wait until the link is connected (bound it with ``asyncio.timeout``)."""
+        await self.up.wait()
+
+    @property
+    def connected(self) -> bool:
+        return self.up.is_set()
+
+    def _will_kwargs(self) -> dict[str, Any]:
+        if self._will is None:
+            return {}
+        return {"will": aiomqtt.Will(self._will[0], self._will[1], qos=1, retain=False)}
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial
+        failures = 0
+        while True:
+            client = self.settings.client(**self._will_kwargs())
+            try:
+                async with client:
+                    for flt in self.subscriptions:
+                        await client.subscribe(flt, qos=1)
+                    self._client = client
+                    self.connects += 1
+                    if failures:
+                        log.info(
+                            "mqtt=%s event=reconnected broker=%s", self.name, self.settings.url
+                        )
+                    failures = 0
+                    delay = self._backoff_initial
+                    self.last_error = None
+                    if self._on_connect is not None:
+                        await self._on_connect()
+                    self._down.clear()
+                    self.up.set()
+                    async for message in client.messages:
+                        if self._on_message is not None:
+                            try:
+                                self._on_message(message)
+                            except Exception:
+                                log.exception(
+                                    "mqtt=%s event=handler-failed topic=%s",
+                                    self.name,
+                                    message.topic,
+                                )
+            except aiomqtt.MqttError as exc:
+                reason = describe_mqtt_error(exc)
+                if failures == 0 or reason != self.last_error:
+                    log.warning(
+                        "mqtt=%s event=disconnected broker=%s reason=%r",
+                        self.name,
+                        self.settings.url,
+                        reason,
+                    )
+                self.last_error = reason
+                failures += 1
+            finally:
+                was_up = self.up.is_set()
+                self._client = None
+                self.up.clear()
+                self._down.set()
+                if was_up and self._on_disconnect is not None:
+                    self._on_disconnect()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self._backoff_max)
+
+    # ---- publishing ----------------------------------------------------------
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Any = None,
+    ) -> None:
+        """Publish and, for QoS 1, wait for the broker's PUBACK.
+
+        Raises :class:`LinkDown` when the link is down or drops before the
+        broker acknowledged the message.
+        """
+        client = self._client
+        if client is None or not self.up.is_set():
+            raise LinkDown(f"broker {self.settings.url} is not connected")
+        publish = asyncio.ensure_future(
+            client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        )
+        down = asyncio.ensure_future(self._down.wait())
+        try:
+            done, _ = await asyncio.wait((publish, down), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            publish.cancel()
+            raise
+        finally:
+            down.cancel()
+        if publish in done:
+            exc = publish.exception()
+            if exc is None:
+                return
+            raise LinkDown(
+                f"publish to {self.settings.url} failed: {describe_mqtt_error(exc)}"
+            ) from exc
+        publish.cancel()
+        raise LinkDown(f"broker {self.settings.url} went away before acknowledging")
