@@ -27,7 +27,6 @@ from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-import paho.mqtt.client as paho
 
 from .errors import ConfigError, MapperError
 
@@ -134,7 +133,9 @@ class MqttSettings:
             username=self.username,
             password=self.password,
             identifier=client_id or self.client_id or f"mapperkit-{uuid.uuid4().hex[:12]}",
-            protocol=paho.MQTTv5 if self.protocol == "5" else paho.MQTTv311,
+            protocol=aiomqtt.ProtocolVersion.V5
+            if self.protocol == "5"
+            else aiomqtt.ProtocolVersion.V311,
             tls_context=self.tls_context(),
             keepalive=self.keepalive,
             timeout=self.timeout,
