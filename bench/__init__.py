@@ -1,1 +1,1 @@
-"""Mapperkit benchmarks: each `*_bench.py` module prints figures beside a baseline from the same run."""
+"""Mapperkit benchmarks: each `*_bench.py` prints figures beside a baseline from the same run."""

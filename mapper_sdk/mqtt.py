@@ -20,7 +20,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -173,8 +173,9 @@ class MqttLink:
         subscriptions: topic filters to (re)subscribe after every connect, QoS 1.
         on_message: synchronous handler for every incoming message; keep it
             cheap (put work on a queue).
-        on_connect: awaited after every (re)connect and resubscribe, before
-            :attr:`up` is set; the mapper fetches desired values here.
+        on_connect: called after every (re)connect, once subscribed and
+            :attr:`up` is set; keep it cheap (start a task to publish). The
+            mapper fetches desired values from here.
         name: for logs and task names.
         will: ``(topic, payload)`` published by the broker if the link dies.
     """
@@ -185,7 +186,7 @@ class MqttLink:
         *,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         name: str = "mqtt",
         will: tuple[str, bytes] | None = None,
@@ -251,8 +252,9 @@ class MqttLink:
             client = self.settings.client(**self._will_kwargs())
             try:
                 async with client:
-                    for flt in self.subscriptions:
-                        await client.subscribe(flt, qos=1)
+                    for i in range(0, len(self.subscriptions), 100):
+                        chunk = self.subscriptions[i : i + 100]
+                        await client.subscribe([(flt, 1) for flt in chunk])
                     self._client = client
                     self.connects += 1
                     if failures:
@@ -262,10 +264,10 @@ class MqttLink:
                     failures = 0
                     delay = self._backoff_initial
                     self.last_error = None
-                    if self._on_connect is not None:
-                        await self._on_connect()
                     self._down.clear()
                     self.up.set()
+                    if self._on_connect is not None:
+                        self._on_connect()
                     async for message in client.messages:
                         if self._on_message is not None:
                             try:
@@ -335,3 +337,43 @@ class MqttLink:
             ) from exc
         publish.cancel()
         raise LinkDown(f"broker {self.settings.url} went away before acknowledging")
+
+    async def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]]) -> int:
+        """Publish ``(topic, payload, qos, retain)`` messages in order, pipelined.
+
+        Returns how many messages, counted from the first, the broker has
+        acknowledged; fewer than ``len(messages)`` means the link went down (the
+        rest must be sent again). Raises :class:`LinkDown` when the link is down
+        before anything was sent.
+        """
+        client = self._client
+        if client is None or not self.up.is_set():
+            raise LinkDown(f"broker {self.settings.url} is not connected")
+        if not messages:
+            return 0
+        tasks = [
+            asyncio.ensure_future(client.publish(t, p, qos=q, retain=r)) for t, p, q, r in messages
+        ]
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        down = asyncio.ensure_future(self._down.wait())
+        try:
+            await asyncio.wait((everything, down), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            down.cancel()
+        acked = 0
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                acked += 1
+            else:
+                break
+        if acked < len(tasks):
+            for task in tasks:
+                task.cancel()
+            everything.cancel()
+            with contextlib.suppress(BaseException):
+                await everything
+        return acked

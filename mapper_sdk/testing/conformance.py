@@ -67,7 +67,7 @@ class DriverConformance:
     @pytest.mark.asyncio
     async def test_init_does_no_io(self, conformance_case: ConformanceCase) -> None:
         # Constructing a driver for an unreachable device must not fail or block.
-        drv = conformance_case.driver(conformance_case.unreachable, Resources())
+        drv = conformance_case.driver(conformance_case.unreachable, conformance_case.resources)
         await drv.close()
 
     @pytest.mark.asyncio
@@ -135,7 +135,7 @@ class DriverConformance:
 
     @pytest.mark.asyncio
     async def test_unavailable_device_raises(self, conformance_case: ConformanceCase) -> None:
-        drv = conformance_case.driver(conformance_case.unreachable, Resources())
+        drv = conformance_case.driver(conformance_case.unreachable, conformance_case.resources)
         try:
             with pytest.raises(DeviceUnavailable):
                 await asyncio.wait_for(drv.connect(), conformance_case.connect_timeout + 15)

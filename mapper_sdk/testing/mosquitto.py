@@ -41,6 +41,8 @@ class Mosquitto:
         users: ``{username: password}``; when given, anonymous access is off.
         extra_config: more lines for the config file (TLS listeners, ACLs, ...).
         workdir: where the config, password file and log go (default: a temp dir).
+        persistence: keep sessions and queued messages across a restart (saved
+            in ``workdir`` when the broker stops).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class Mosquitto:
         users: Mapping[str, str] | None = None,
         extra_config: str = "",
         workdir: str | Path | None = None,
+        persistence: bool = False,
     ) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
@@ -64,6 +67,7 @@ class Mosquitto:
         self.port = port or free_port()
         self.users = dict(users or {})
         self.extra_config = extra_config
+        self.persistence = persistence
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mapperkit-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,11 @@ class Mosquitto:
     def _write_config(self) -> Path:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {self.workdir}/"]
+                if self.persistence
+                else ["persistence false"]
+            ),
             "max_queued_messages 100000",
             "max_inflight_messages 0",
             # Root would be dropped to the `mosquitto` user, which may not read our files.

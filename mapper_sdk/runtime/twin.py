@@ -1,0 +1,169 @@
+"""The mapper's side of the twin protocol: payloads it publishes and parses.
+
+Reported values go out as one ``twin/update`` per device per report cycle, with
+every due property in it; desired values come in on ``twin/update/delta`` and
+in ``twin/get/result`` (asked for after every reconnect). The wire format is
+KubeEdge's (values as strings, type in ``metadata.type``), see docs/twin.md.
+
+Payloads are assembled from fragments prepared once per property, since this
+runs for every reading on the hot path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..codec import format_text
+from ..driver import Reading, now_ms
+from ..model import PropertySpec, PropertyType, Value
+
+__all__ = [
+    "Ack",
+    "DesiredValue",
+    "EventIds",
+    "PropertyWire",
+    "desired_from_delta",
+    "desired_from_get",
+    "state_payload",
+]
+
+
+class EventIds:
+    """Event ids unique across processes and restarts: a random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The outcome of a desired write, sent with the reported value."""
+
+    expected_version: int | None
+    status: str  # applied | rejected | failed
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
+        if self.expected_version is not None:
+            out["expected_version"] = self.expected_version
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class PropertyWire:
+    """Prepared JSON fragments for one property's reported value."""
+
+    __slots__ = ("head", "name", "ptype", "tail")
+
+    def __init__(self, prop: PropertySpec[Any]) -> None:
+        self.name = prop.name
+        self.ptype = prop.type
+        self.head = json.dumps(prop.name) + ':{"actual":{"value":'
+        self.tail = '},"metadata":{"type":' + json.dumps(prop.type.value) + "}}"
+
+    def fragment(self, value: Value, reading: Reading, ack: Ack | None = None) -> str:
+        text = format_text(value, self.ptype)
+        quoted = json.dumps(text) if self.ptype is PropertyType.STRING else f'"{text}"'
+        ts = reading.source_timestamp or reading.timestamp
+        body = f'{self.head}{quoted},"metadata":{{"timestamp":{ts}}}{self.tail}'
+        if ack is not None:
+            # Insert the ack beside actual and metadata.
+            body = body[:-1] + ',"ack":' + json.dumps(ack.to_json()) + "}"
+        return body
+
+    def ack_only(self, ack: Ack) -> str:
+        """A fragment carrying only an ack (no value has been read yet)."""
+        return f'{json.dumps(self.name)}:{{"ack":{json.dumps(ack.to_json())}}}'
+
+
+def update_payload(event_id: str, fragments: Iterable[str]) -> bytes:
+    """A ``twin/update`` request from prepared fragments."""
+    return (
+        f'{{"event_id":"{event_id}","timestamp":{now_ms()},"twin":{{{",".join(fragments)}}}}}'
+    ).encode()
+
+
+def state_payload(event_id: str, state: str) -> bytes:
+    return f'{{"event_id":"{event_id}","timestamp":{now_ms()},"state":"{state}"}}'.encode()
+
+
+def get_payload(event_id: str) -> bytes:
+    return f'{{"event_id":"{event_id}"}}'.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredValue:
+    """A desired value to apply: the expected text and the version it came with."""
+
+    text: str
+    version: int | None
+
+
+def _expected_version(twin: Any) -> int | None:
+    if not isinstance(twin, dict):
+        return None
+    ver = twin.get("expected_version")
+    if isinstance(ver, dict):
+        edge = ver.get("edge")
+        return edge if isinstance(edge, int) and not isinstance(edge, bool) else None
+    return None
+
+
+def _expected_text(twin: Any) -> str | None:
+    if not isinstance(twin, dict):
+        return None
+    expected = twin.get("expected")
+    if isinstance(expected, dict) and isinstance(expected.get("value"), str):
+        return str(expected["value"])
+    return None
+
+
+def desired_from_delta(doc: Any) -> dict[str, DesiredValue]:
+    """Desired values named in a delta message (``delta`` map), with their versions."""
+    if not isinstance(doc, dict):
+        return {}
+    delta = doc.get("delta")
+    raw_twins = doc.get("twin")
+    twins: dict[str, Any] = raw_twins if isinstance(raw_twins, dict) else {}
+    out: dict[str, DesiredValue] = {}
+    if isinstance(delta, dict):
+        for name, value in delta.items():
+            if isinstance(name, str) and isinstance(value, str):
+                out[name] = DesiredValue(value, _expected_version(twins.get(name)))
+    return out
+
+
+def desired_from_get(doc: Any) -> dict[str, tuple[DesiredValue, str | None]] | None:
+    """Every twin with an expected value in a get result: ``{name: (desired, actual text)}``.
+
+    ``None`` when the document is an error reply.
+    """
+    if not isinstance(doc, dict) or "code" in doc:
+        return None
+    twins = doc.get("twin")
+    if not isinstance(twins, dict):
+        return None
+    out: dict[str, tuple[DesiredValue, str | None]] = {}
+    for name, twin in twins.items():
+        text = _expected_text(twin)
+        if text is None:
+            continue
+        actual = twin.get("actual") if isinstance(twin, dict) else None
+        actual_text = (
+            actual["value"]
+            if isinstance(actual, dict) and isinstance(actual.get("value"), str)
+            else None
+        )
+        out[name] = (DesiredValue(text, _expected_version(twin)), actual_text)
+    return out
