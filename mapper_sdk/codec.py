@@ -37,6 +37,7 @@ __all__ = [
     "encode_registers",
     "format_text",
     "get_bit",
+    "int_range",
     "make_coercer",
     "make_register_decoder",
     "make_register_encoder",
@@ -123,6 +124,13 @@ _INT_RANGES: dict[RawType, tuple[int, int]] = {
     RawType.INT64: (-(2**63), 2**63 - 1),
     RawType.UINT64: (0, 2**64 - 1),
 }
+
+
+def int_range(raw: RawType) -> tuple[int, int]:
+    """The exact inclusive range of an integer raw type."""
+    if raw not in _INT_RANGES:
+        raise ValueError(f"{raw} is not an integer type")
+    return _INT_RANGES[raw]
 
 
 def raw_range(raw: RawType) -> tuple[float, float]:
@@ -404,11 +412,10 @@ def scale_out(value: float, raw: RawType, scale: float = 1.0, offset: float = 0.
             if not math.isfinite(result):
                 raise ValueError(f"{value!r} cannot be written as {raw}")
             result = round(result)
-        lo, hi = raw_range(raw)
+        lo, hi = (0, 1) if raw is RawType.BOOL else _INT_RANGES[raw]
         if not lo <= result <= hi:
             raise ValueError(
-                f"{value!r} needs raw value {result} which is out of range for {raw} "
-                f"({int(lo)}..{int(hi)})"
+                f"{value!r} needs raw value {result} which is out of range for {raw} ({lo}..{hi})"
             )
         return int(result)
     if raw is RawType.FLOAT32 and abs(result) > 3.4028234663852886e38:

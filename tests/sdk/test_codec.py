@@ -17,8 +17,8 @@ INT_TYPES = [t for t in RawType if t.is_integer]
 
 
 def _int_values(raw: RawType) -> st.SearchStrategy[int]:
-    lo, hi = codec.raw_range(raw)
-    return st.integers(int(lo), int(hi))
+    lo, hi = codec.int_range(raw)
+    return st.integers(lo, hi)
 
 
 @st.composite
