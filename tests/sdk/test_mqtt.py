@@ -28,7 +28,7 @@ def test_urls() -> None:
         MqttSettings.from_url("http://x")
     with pytest.raises(ConfigError, match="invalid port"):
         MqttSettings.from_url("mqtt://x:99999")
-    with pytest.raises(ConfigError, match="3.1.1 or 5"):
+    with pytest.raises(ConfigError, match=r"3\.1\.1 or 5"):
         MqttSettings.from_url("mqtt://x", protocol="4")
 
 
