@@ -49,6 +49,8 @@ __all__ = [
     "PropertySpec",
     "PropertyType",
     "PushMethod",
+    "ReportMode",
+    "ReportStrategy",
     "StateReport",
     "Value",
     "load_files",
@@ -112,6 +114,19 @@ class AccessMode(enum.StrEnum):
         raise ValueError(f"unknown accessMode {text!r}; expected ReadWrite or ReadOnly")
 
 
+class ReportMode(enum.StrEnum):
+    """When a property's value is reported (to the twin and to its pushMethod sinks)."""
+
+    PERIOD = "period"
+    """The latest value every ``reportCycle`` (KubeEdge's behaviour; the default)."""
+    ALWAYS = "always"
+    """Every value collected, every ``collectCycle``."""
+    ON_CHANGE = "on-change"
+    """A value that differs from the last one reported (beyond the deadband)."""
+    ON_CHANGE_OR_HEARTBEAT = "on-change-or-heartbeat"
+    """On change, and at least every ``heartbeat`` ms."""
+
+
 # --------------------------------------------------------------------------- schema
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
@@ -157,6 +172,28 @@ class K8sMetadata(_Loose):
     namespace: str = "default"
 
     _names = field_validator("name", "namespace")(_check_object_name)
+
+
+class ReportStrategyDoc(_Schema):
+    """``reportStrategy`` (ext), on a device (the default) or a property (key by key on top)."""
+
+    mode: ReportMode = ReportMode.PERIOD
+    deadband: float | None = Field(default=None, ge=0)
+    deadbandPercent: float | None = Field(default=None, ge=0)
+    heartbeat: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReportStrategyDoc:
+        on_change = self.mode in (ReportMode.ON_CHANGE, ReportMode.ON_CHANGE_OR_HEARTBEAT)
+        if (self.deadband is not None or self.deadbandPercent is not None) and not on_change:
+            raise ValueError(
+                f"deadband applies to the on-change modes, not to mode {self.mode.value!r}"
+            )
+        if self.heartbeat is not None and self.mode is not ReportMode.ON_CHANGE_OR_HEARTBEAT:
+            raise ValueError(
+                f"heartbeat applies to mode 'on-change-or-heartbeat', not to {self.mode.value!r}"
+            )
+        return self
 
 
 class VisitorConfigData(_Schema):
@@ -258,6 +295,7 @@ class DevicePropertyDoc(_Schema):
     collectCycle: int | None = Field(default=None, ge=0)
     reportCycle: int | None = Field(default=None, ge=0)
     pushMethod: PushMethod | None = None
+    reportStrategy: dict[str, Any] | None = None
 
     _name = field_validator("name")(_check_property_name)
 
@@ -289,6 +327,7 @@ class DeviceSpecDoc(_Schema):
     properties: list[DevicePropertyDoc] = Field(default_factory=list)
     methods: list[MethodDoc] = Field(default_factory=list)
     stateReport: StateReportDoc | None = None
+    reportStrategy: dict[str, Any] | None = None
 
     @field_validator("properties")
     @classmethod
@@ -318,6 +357,7 @@ class NativePropertyDoc(_Schema):
     reportCycle: int | None = Field(default=None, ge=0)
     reportToCloud: bool | None = None
     pushMethod: PushMethod | None = None
+    reportStrategy: dict[str, Any] | None = None
     visitor: dict[str, Any] = Field(default_factory=dict)
 
     _name = field_validator("name")(_check_property_name)
@@ -347,6 +387,7 @@ class NativeDeviceDoc(_Schema):
     collectCycle: int | None = Field(default=None, ge=0)
     reportCycle: int | None = Field(default=None, ge=0)
     stateReport: StateReportDoc | None = None
+    reportStrategy: dict[str, Any] | None = None
     methods: list[MethodDoc] = Field(default_factory=list)
     properties: list[NativePropertyDoc] = Field(default_factory=list)
 
@@ -378,6 +419,19 @@ class StateReport:
 
     report_to_cloud: bool = True
     report_cycle_ms: int = DEFAULT_CYCLE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStrategy:
+    """When a property is reported; see :class:`ReportMode`."""
+
+    mode: ReportMode = ReportMode.PERIOD
+    deadband: float | None = None
+    deadband_percent: float | None = None
+    heartbeat_ms: int | None = None
+
+
+DEFAULT_STRATEGY = ReportStrategy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +474,7 @@ class PropertySpec(Generic[V]):
     desired: str | None
     push_method: PushMethod | None
     index: int
+    strategy: ReportStrategy = DEFAULT_STRATEGY
 
     @property
     def writable(self) -> bool:
@@ -763,6 +818,13 @@ def _resolve_k8s(
                 desired=dp.desired.value if dp.desired else None,
                 push_method=dp.pushMethod,
                 index=i,
+                strategy=_strategy(
+                    doc.spec.reportStrategy,
+                    dp.reportStrategy,
+                    _cycle(dp.reportCycle),
+                    where,
+                    f"{path}.reportStrategy",
+                ),
             )
         )
     state = doc.spec.stateReport
@@ -830,6 +892,13 @@ def _resolve_native(
                 desired=desired,
                 push_method=np_.pushMethod,
                 index=i,
+                strategy=_strategy(
+                    doc.reportStrategy,
+                    np_.reportStrategy,
+                    _cycle(np_.reportCycle, doc.reportCycle),
+                    where,
+                    f"properties[{i}].reportStrategy",
+                ),
             )
         )
         model_props[np_.name] = ModelPropertyDoc(
@@ -863,6 +932,26 @@ def _resolve_native(
     )
     _driver_check(driver, spec, where)
     return spec, model
+
+
+def _strategy(
+    device: Mapping[str, Any] | None,
+    prop: Mapping[str, Any] | None,
+    report_cycle_ms: int,
+    where: str,
+    path: str,
+) -> ReportStrategy:
+    if not device and not prop:
+        return DEFAULT_STRATEGY
+    merged = {**(device or {}), **(prop or {})}
+    try:
+        doc = ReportStrategyDoc.model_validate(merged)
+    except ValidationError as exc:
+        raise _format_validation(exc, where, path) from None
+    heartbeat = doc.heartbeat
+    if doc.mode is ReportMode.ON_CHANGE_OR_HEARTBEAT and heartbeat is None:
+        heartbeat = report_cycle_ms
+    return ReportStrategy(doc.mode, doc.deadband, doc.deadbandPercent, heartbeat)
 
 
 def _methods(

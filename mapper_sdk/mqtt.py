@@ -299,6 +299,31 @@ class MqttLink:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff_max)
 
+    # ---- subscriptions ---------------------------------------------------------
+    async def subscribe(self, filters: Sequence[str]) -> None:
+        """Add topic filters; they are subscribed now if connected, and after every reconnect."""
+        new = [f for f in filters if f not in self.subscriptions]
+        self.subscriptions.extend(new)
+        client = self._client
+        if client is not None and self.up.is_set() and new:
+            try:
+                for i in range(0, len(new), 100):
+                    await client.subscribe([(flt, 1) for flt in new[i : i + 100]])
+            except aiomqtt.MqttError:
+                pass  # the reconnect subscribes them
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Drop topic filters."""
+        gone = [f for f in filters if f in self.subscriptions]
+        for flt in gone:
+            self.subscriptions.remove(flt)
+        client = self._client
+        if client is not None and self.up.is_set() and gone:
+            try:
+                await client.unsubscribe(gone)
+            except aiomqtt.MqttError:
+                pass
+
     # ---- publishing ----------------------------------------------------------
     async def publish(
         self,

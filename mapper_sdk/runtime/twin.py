@@ -14,19 +14,23 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from .. import topics
 from ..codec import format_text
-from ..driver import Reading, now_ms
-from ..model import PropertySpec, PropertyType, Value
+from ..driver import DeviceState, Reading, now_ms
+from ..model import DeviceSpec, PropertySpec, PropertyType, Value
 
 __all__ = [
     "Ack",
     "DesiredValue",
     "EventIds",
+    "MqttTwinReporter",
     "PropertyWire",
+    "Sender",
+    "TwinReporter",
     "desired_from_delta",
     "desired_from_get",
     "state_payload",
@@ -167,3 +171,87 @@ def desired_from_get(doc: Any) -> dict[str, tuple[DesiredValue, str | None]] | N
         )
         out[name] = (DesiredValue(text, _expected_version(twin)), actual_text)
     return out
+
+
+# --------------------------------------------------------------------------- reporters
+Item = tuple[PropertySpec[Any], Value, Reading]
+
+
+class TwinReporter(Protocol):
+    """Where a worker's twin reports go: MQTT twin topics, or KubeEdge's DMI."""
+
+    def report(
+        self,
+        device: DeviceSpec[Any, Any],
+        items: Sequence[Item],
+        acks: Mapping[int, Ack] | None = None,
+    ) -> None:
+        """Reported values of one device (one message); ``acks`` by property index."""
+
+    def report_state(self, device: DeviceSpec[Any, Any], state: DeviceState) -> None:
+        """The device's state."""
+
+
+class Sender(Protocol):
+    """Where MQTT messages go (the :class:`~mapper_sdk.runtime.outbox.Outbox`)."""
+
+    def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
+
+
+class _DeviceWire:
+    __slots__ = ("props", "spec", "topic_state", "topic_update")
+
+    def __init__(self, spec: DeviceSpec[Any, Any]) -> None:
+        self.spec = spec
+        self.props = [PropertyWire(p) for p in spec.properties]
+        self.topic_update = topics.device_topic(spec.namespace, spec.name, topics.TWIN_UPDATE)
+        self.topic_state = topics.device_topic(spec.namespace, spec.name, topics.STATE_UPDATE)
+
+
+class MqttTwinReporter:
+    """Reports on KubeEdge's twin topics: one ``twin/update`` per call, through a sender."""
+
+    def __init__(self, sender: Sender, event_ids: EventIds | None = None) -> None:
+        self.sender = sender
+        self.event_ids = event_ids or EventIds()
+        self._wires: dict[str, _DeviceWire] = {}
+
+    def _wire(self, device: DeviceSpec[Any, Any]) -> _DeviceWire:
+        wire = self._wires.get(device.id)
+        if wire is None or wire.spec is not device:
+            wire = self._wires[device.id] = _DeviceWire(device)
+        return wire
+
+    def forget(self, device_id: str) -> None:
+        self._wires.pop(device_id, None)
+
+    def report(
+        self,
+        device: DeviceSpec[Any, Any],
+        items: Sequence[Item],
+        acks: Mapping[int, Ack] | None = None,
+    ) -> None:
+        wire = self._wire(device)
+        props = wire.props
+        if acks:
+            fragments = []
+            seen = set()
+            for prop, value, reading in items:
+                seen.add(prop.index)
+                fragments.append(props[prop.index].fragment(value, reading, acks.get(prop.index)))
+            for index, ack in acks.items():
+                if index not in seen:
+                    fragments.append(props[index].ack_only(ack))
+        else:
+            fragments = [props[p.index].fragment(v, r) for p, v, r in items]
+        if fragments:
+            self.sender.put(wire.topic_update, update_payload(self.event_ids.next(), fragments))
+
+    def report_state(self, device: DeviceSpec[Any, Any], state: DeviceState) -> None:
+        wire = self._wire(device)
+        self.sender.put(wire.topic_state, state_payload(self.event_ids.next(), state.value))
+
+    def get_request(self, device: DeviceSpec[Any, Any]) -> tuple[str, bytes]:
+        """The ``twin/get`` that asks the twin for the device's desired values."""
+        topic = topics.device_topic(device.namespace, device.name, topics.TWIN_GET)
+        return topic, get_payload(self.event_ids.next())

@@ -4,11 +4,14 @@ A worker owns its driver. It connects with exponential backoff and jitter,
 runs the collect and report cycles (scheduled per device and per distinct
 cycle, never per property; every property due at the same moment is read in
 one batch), takes subscription pushes, applies desired values from the twin
-(validated against the model first) and reports the device's state.
+(validated against the model first), reports the device's state, and hands
+reported values to the twin and to the property's data-plane sinks according
+to its report strategy.
 
-Per-reading work is kept small: conversion functions and JSON fragments are
-prepared once per property, and nothing is logged per reading; only state
-transitions are logged (the first failure and the recovery, not every retry).
+Per-reading work is kept small: conversion functions are chosen once per
+property, and nothing is logged per reading; only state transitions are logged
+(the first failure and the recovery, not every retry). The runtime never runs
+two driver calls (``read``, ``write``) of one device at the same time.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from .. import topics
 from ..codec import check_range, format_text, make_coercer, parse_text, values_equal
 from ..driver import Capability, DeviceState, Driver, Quality, Reading
 from ..errors import (
@@ -31,34 +33,14 @@ from ..errors import (
     NotSupported,
     WriteRejected,
 )
-from ..model import DeviceSpec, PropertySpec, Value
+from ..model import DeviceSpec, PropertySpec, ReportMode, Value
 from .backoff import Backoff
-from .twin import (
-    Ack,
-    DesiredValue,
-    EventIds,
-    PropertyWire,
-    desired_from_delta,
-    desired_from_get,
-    get_payload,
-    state_payload,
-    update_payload,
-)
+from .reporters.base import Item, Reporter
+from .twin import Ack, DesiredValue, TwinReporter, desired_from_delta, desired_from_get
 
-__all__ = ["DeviceWorker", "Sender", "WorkerOptions", "WorkerStats"]
+__all__ = ["DeviceWorker", "WorkerOptions", "WorkerStats"]
 
 log = logging.getLogger("mapper_sdk.runtime")
-
-ReadingsListener = Callable[
-    [DeviceSpec[Any, Any], Sequence[tuple[PropertySpec[Any], Value, Reading]]], None
-]
-"""Called with each batch of good readings a worker absorbed (the data plane hooks here)."""
-
-
-class Sender(Protocol):
-    """Where a worker's messages go (the :class:`~mapper_sdk.runtime.outbox.Outbox`)."""
-
-    def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
 
 @dataclass(slots=True)
@@ -82,15 +64,18 @@ class WorkerStats:
 
     connects: int = 0
     connect_failures: int = 0
+    disconnects: int = 0
     cycles: int = 0
     reads: int = 0
     read_errors: int = 0
     reports: int = 0
+    reported_values: int = 0
     writes: int = 0
     writes_rejected: int = 0
     writes_failed: int = 0
     pushes: int = 0
     missed_cycles: int = 0
+    read_seconds: float = 0.0
     lateness_hist: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS_MS))
 
     def record_lateness(self, late_ms: float) -> None:
@@ -132,25 +117,33 @@ class _DeviceLost(Exception):
     """Raised inside a worker's task group when the driver reports the device offline."""
 
 
+_UNSET: Any = object()
+
+
 class DeviceWorker:
-    """Serves one device with its driver. Run :meth:`run` as a task; cancel it to stop."""
+    """Serves one device with its driver. Run :meth:`run` as a task; cancel it to stop.
+
+    Args:
+        spec: the device.
+        driver: its driver instance.
+        twin: where reported values and states go.
+        options: timeouts and backoff.
+        sinks: per property index, the data-plane reporters of its ``pushMethod``.
+    """
 
     def __init__(
         self,
         spec: DeviceSpec[Any, Any],
         driver: Driver[Any, Any],
-        sender: Sender,
+        twin: TwinReporter,
         *,
         options: WorkerOptions | None = None,
-        event_ids: EventIds | None = None,
-        listeners: Sequence[ReadingsListener] = (),
+        sinks: Sequence[Sequence[Reporter]] | None = None,
     ) -> None:
         self.spec = spec
         self.driver = driver
-        self.sender = sender
+        self.twin = twin
         self.options = options or WorkerOptions()
-        self._ids = event_ids or EventIds()
-        self._listeners = list(listeners)
         self.stats = WorkerStats()
         self.state = DeviceState.UNKNOWN
         self.last_error: str | None = None
@@ -158,17 +151,27 @@ class DeviceWorker:
         self._props = props
         self._by_name = {p.name: p for p in props}
         self._coerce = [make_coercer(p.type) for p in props]
-        self._wire = [PropertyWire(p) for p in props]
         self._latest: list[tuple[Value, Reading] | None] = [None] * len(props)
-        self._reportable = [p for p in props if p.report_to_cloud]
-        self._topic_update = topics.device_topic(spec.namespace, spec.name, topics.TWIN_UPDATE)
-        self._topic_state = topics.device_topic(spec.namespace, spec.name, topics.STATE_UPDATE)
-        self._topic_get = topics.device_topic(spec.namespace, spec.name, topics.TWIN_GET)
+        self._sinks: list[Sequence[Reporter]] = (
+            list(sinks) if sinks is not None else [() for _ in props]
+        )
+        self._has_sinks = any(self._sinks)
+        # Report strategies, prepared once.
+        self._mode = [p.strategy.mode for p in props]
+        self._last_value: list[Any] = [_UNSET] * len(props)
+        self._last_time = [0.0] * len(props)
+        self._eager = {p.index for p in props if p.strategy.mode is not ReportMode.PERIOD}
+        self._heartbeat = [
+            (p.index, p.strategy.heartbeat_ms / 1000.0)
+            for p in props
+            if p.strategy.mode is ReportMode.ON_CHANGE_OR_HEARTBEAT and p.strategy.heartbeat_ms
+        ]
         self._pending: dict[str, DesiredValue] = {}
         self._pending_event = asyncio.Event()
         self._done: dict[str, DesiredValue] = {}
         self._lost = asyncio.Event()
-        self._connected = False
+        self._online = asyncio.Event()
+        self._io = asyncio.Lock()
         self._subscribed: set[int] = set()
         self._dirty: set[int] = set()
         self._flush_scheduled = False
@@ -180,13 +183,17 @@ class DeviceWorker:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def connected(self) -> bool:
+        return self._online.is_set()
+
     def latest(self, name: str) -> tuple[Value, Reading] | None:
         """The last good value of property ``name`` and its reading."""
         return self._latest[self._by_name[name].index]
 
-    def get_request(self) -> tuple[str, bytes]:
-        """The ``twin/get`` message that asks the twin for this device's desired values."""
-        return self._topic_get, get_payload(self._ids.next())
+    def property(self, name: str) -> PropertySpec[Any]:
+        """The property called ``name``; ``KeyError`` if the device has none."""
+        return self._by_name[name]
 
     # ---- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -197,7 +204,7 @@ class DeviceWorker:
                 if self.spec.state_report.report_to_cloud:
                     tg.create_task(self._state_loop(), name=f"mapper[{self.id}].state")
         finally:
-            self._connected = False
+            self._online.clear()
             await self._close_driver()
 
     async def _serve(self) -> None:
@@ -228,7 +235,7 @@ class DeviceWorker:
             backoff.reset()
             self.last_error = None
             self._lost.clear()
-            self._connected = True
+            self._online.set()
             self._set_state(DeviceState.ONLINE)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -245,7 +252,7 @@ class DeviceWorker:
                     exc_info=group.exceptions[0],
                 )
                 self._disconnected(group.exceptions[0])
-            self._connected = False
+            self._online.clear()
             self._subscribed.clear()
             await self._close_driver()
             self._set_state(DeviceState.OFFLINE)
@@ -260,6 +267,7 @@ class DeviceWorker:
         self._set_state(DeviceState.OFFLINE)
 
     def _disconnected(self, exc: BaseException) -> None:
+        self.stats.disconnects += 1
         reason = str(exc) or type(exc).__name__
         self.last_error = reason
         log.warning("device=%s event=disconnected error=%r", self.id, reason)
@@ -276,7 +284,7 @@ class DeviceWorker:
             log.exception("device=%s event=driver-bug phase=close", self.id)
 
     def _driver_state(self, state: DeviceState) -> None:
-        if state is DeviceState.OFFLINE and self._connected:
+        if state is DeviceState.OFFLINE and self._online.is_set():
             self._lost.set()
 
     async def _watch_lost(self) -> None:
@@ -289,13 +297,13 @@ class DeviceWorker:
             return
         self.state = state
         if self.spec.state_report.report_to_cloud:
-            self.sender.put(self._topic_state, state_payload(self._ids.next(), state.value))
+            self.twin.report_state(self.spec, state)
 
     async def _state_loop(self) -> None:
         period = self.spec.state_report.report_cycle_ms / 1000.0
         while True:
             await asyncio.sleep(period)
-            self.sender.put(self._topic_state, state_payload(self._ids.next(), self.state.value))
+            self.twin.report_state(self.spec, self.state)
 
     # ---- collect and report -----------------------------------------------------------
     async def _collect_loop(self) -> None:
@@ -303,31 +311,57 @@ class DeviceWorker:
         polled = await self._start_subscriptions()
         start = loop.time()
         collect = _groups(polled, "collect_cycle_ms", start)
+        # Only 'period' properties report on their own cycle; the others report as
+        # their values arrive. Subscribed properties report as they are pushed.
         report = _groups(
-            [p for p in self._reportable if p.index not in self._subscribed],
+            [
+                p
+                for p in polled
+                if p.strategy.mode is ReportMode.PERIOD
+                and (p.report_to_cloud or self._sinks[p.index])
+            ],
             "report_cycle_ms",
             start,
         )
+        eager = self._eager
+        heartbeat = self._heartbeat
         read = self.driver.read
+        io = self._io
         timeout = self.options.read_timeout
         while True:
             now = loop.time()
             due = [g for g in collect if g.due <= now]
+            emit: list[int] = []
             if due:
                 props = due[0].props if len(due) == 1 else self._batch(due)
-                async with asyncio.timeout(timeout):
+                async with io, asyncio.timeout(timeout):
                     readings = await read(props)
-                self._absorb(props, readings)
+                after = loop.time()
+                self.stats.read_seconds += after - now
+                fresh = self._absorb(props, readings, bool(eager))
                 self.stats.cycles += 1
-                self._advance(due, now, loop.time())
+                self._advance(due, now, after)
+                if fresh:
+                    emit = [i for i in fresh if i in eager and self._should_report(i, after)]
             now = loop.time()
+            if heartbeat:
+                for index, period in heartbeat:
+                    if now - self._last_time[index] >= period and index not in emit:
+                        if self._latest[index] is None:
+                            self._last_time[index] = now  # nothing to send yet
+                        else:
+                            emit.append(index)
             due_reports = [g for g in report if g.due <= now]
             if due_reports:
                 for group in due_reports:
-                    self._report(group.props)
+                    emit.extend(p.index for p in group.props)
                 self._advance(due_reports, now, now, record=False)
+            if emit:
+                self._emit(emit, now)
             wake = min((g.due for g in collect), default=math.inf)
             wake = min(wake, min((g.due for g in report), default=math.inf))
+            if heartbeat:
+                wake = min(wake, min(self._last_time[i] + p for i, p in heartbeat))
             if wake == math.inf:
                 await asyncio.Event().wait()  # nothing to poll: subscriptions only
             delay = wake - loop.time()
@@ -357,14 +391,15 @@ class DeviceWorker:
                 if group.due <= now:
                     group.due += group.cycle
 
-    def _absorb(self, props: Sequence[PropertySpec[Any]], readings: dict[str, Any]) -> None:
+    def _absorb(
+        self, props: Sequence[PropertySpec[Any]], readings: Mapping[str, Any], track: bool
+    ) -> list[int] | None:
+        """Store good readings; return the indices that got a value when ``track``."""
         latest = self._latest
         coerce = self._coerce
+        fresh: list[int] | None = [] if track else None
         good = 0
         bad = 0
-        batch: list[tuple[PropertySpec[Any], Value, Reading]] | None = (
-            [] if self._listeners else None
-        )
         for prop in props:
             reading = readings.get(prop.name)
             if reading is None or reading.quality is Quality.BAD or reading.value is None:
@@ -377,8 +412,8 @@ class DeviceWorker:
                 continue
             latest[prop.index] = (value, reading)
             good += 1
-            if batch is not None:
-                batch.append((prop, value, reading))
+            if fresh is not None:
+                fresh.append(prop.index)
         self.stats.reads += good + bad
         if bad:
             self.stats.read_errors += bad
@@ -386,25 +421,66 @@ class DeviceWorker:
                 self._set_state(DeviceState.UNHEALTHY)
         elif self.state is DeviceState.UNHEALTHY:
             self._set_state(DeviceState.ONLINE)
-        if batch:
-            for listener in self._listeners:
-                listener(self.spec, batch)
+        return fresh
 
-    def _report(
-        self, props: Sequence[PropertySpec[Any]], acks: dict[int, Ack] | None = None
+    def _should_report(self, index: int, now: float) -> bool:
+        """Whether an 'always' or on-change property's new value is reported."""
+        mode = self._mode[index]
+        if mode is ReportMode.ALWAYS:
+            return True
+        entry = self._latest[index]
+        if entry is None:
+            return False
+        last = self._last_value[index]
+        if last is _UNSET:
+            return True
+        value = entry[0]
+        strategy = self._props[index].strategy
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and isinstance(last, int | float)
+            and (strategy.deadband is not None or strategy.deadband_percent is not None)
+        ):
+            change = abs(value - last)
+            if strategy.deadband is not None and change <= strategy.deadband:
+                return False
+            return not (
+                strategy.deadband_percent is not None
+                and change <= abs(last) * strategy.deadband_percent / 100.0
+            )
+        return bool(value != last)
+
+    def _emit(
+        self, indices: Sequence[int], now: float, acks: Mapping[int, Ack] | None = None
     ) -> None:
+        """Report the latest values of ``indices`` to the twin and to their sinks."""
         latest = self._latest
-        wire = self._wire
-        fragments = []
-        for prop in props:
-            entry = latest[prop.index]
+        props = self._props
+        last_value = self._last_value
+        last_time = self._last_time
+        twin_items: list[Item] = []
+        by_sink: dict[Reporter, list[Item]] | None = {} if self._has_sinks else None
+        for index in indices:
+            entry = latest[index]
             if entry is None:
                 continue
-            ack = acks.get(prop.index) if acks else None
-            fragments.append(wire[prop.index].fragment(entry[0], entry[1], ack))
-        if fragments:
+            prop = props[index]
+            item = (prop, entry[0], entry[1])
+            last_value[index] = entry[0]
+            last_time[index] = now
+            if prop.report_to_cloud:
+                twin_items.append(item)
+            if by_sink is not None:
+                for sink in self._sinks[index]:
+                    by_sink.setdefault(sink, []).append(item)
+        if twin_items or acks:
             self.stats.reports += 1
-            self.sender.put(self._topic_update, update_payload(self._ids.next(), fragments))
+            self.stats.reported_values += len(twin_items)
+            self.twin.report(self.spec, twin_items, acks)
+        if by_sink:
+            for sink, items in by_sink.items():
+                sink.offer(self.spec, items)
 
     # ---- subscriptions --------------------------------------------------------------
     async def _start_subscriptions(self) -> list[PropertySpec[Any]]:
@@ -426,29 +502,35 @@ class DeviceWorker:
 
     def _on_push(self, name: str, reading: Reading) -> None:
         prop = self._by_name.get(name)
-        if prop is None or not self._connected:
+        if prop is None or not self._online.is_set():
             return
         self.stats.pushes += 1
-        self._absorb((prop,), {name: reading})
-        if prop.report_to_cloud and self._latest[prop.index] is not None:
-            self._dirty.add(prop.index)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_pushed)
+        self._absorb((prop,), {name: reading}, False)
+        if self._latest[prop.index] is None:
+            return
+        index = prop.index
+        if self._mode[index] is not ReportMode.PERIOD and not self._should_report(
+            index, asyncio.get_running_loop().time()
+        ):
+            return
+        self._dirty.add(index)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_pushed)
 
     def _flush_pushed(self) -> None:
         self._flush_scheduled = False
         if not self._dirty:
             return
-        props = [self._props[i] for i in sorted(self._dirty)]
+        indices = sorted(self._dirty)
         self._dirty.clear()
-        self._report(props)
+        self._emit(indices, asyncio.get_running_loop().time())
 
     # ---- desired values ---------------------------------------------------------------
     def on_delta(self, doc: Any) -> None:
         """A ``twin/update/delta`` message for this device."""
         for name, desired in desired_from_delta(doc).items():
-            self._want(name, desired)
+            self.want(name, desired)
 
     def on_get_result(self, doc: Any) -> None:
         """A ``twin/get/result`` message: apply every desired value that differs."""
@@ -461,7 +543,7 @@ class DeviceWorker:
                 continue
             if actual_text is not None and self._same(prop, desired.text, actual_text):
                 continue
-            self._want(name, desired)
+            self.want(name, desired)
 
     @staticmethod
     def _same(prop: PropertySpec[Any], a: str, b: str) -> bool:
@@ -470,7 +552,8 @@ class DeviceWorker:
         except ValueError:
             return a == b
 
-    def _want(self, name: str, desired: DesiredValue) -> None:
+    def want(self, name: str, desired: DesiredValue) -> None:
+        """Queue a desired value; it is written when the device is connected."""
         if self._done.get(name) == desired:
             return  # already applied or rejected
         self._pending[name] = desired
@@ -503,6 +586,13 @@ class DeviceWorker:
             raise WriteRejected(f"{prop.name}: {exc}") from None
         return value
 
+    async def _write_and_read_back(self, prop: PropertySpec[Any], value: Value) -> Reading | None:
+        async with self._io, asyncio.timeout(self.options.write_timeout):
+            echoed = await self.driver.write(prop, value)
+            if echoed is None:
+                echoed = (await self.driver.read([prop])).get(prop.name)
+        return echoed
+
     async def _apply(self, name: str, desired: DesiredValue) -> None:
         prop = self._by_name.get(name)
         if prop is None:
@@ -510,14 +600,7 @@ class DeviceWorker:
             return
         try:
             value = self.validate_desired(prop, desired.text)
-        except WriteRejected as exc:
-            self._rejected(prop, desired, exc)
-            return
-        try:
-            async with asyncio.timeout(self.options.write_timeout):
-                echoed = await self.driver.write(prop, value)
-                if echoed is None:
-                    echoed = (await self.driver.read([prop])).get(prop.name)
+            echoed = await self._write_and_read_back(prop, value)
         except WriteRejected as exc:
             self._rejected(prop, desired, exc)
             return
@@ -528,12 +611,12 @@ class DeviceWorker:
             self.stats.writes_failed += 1
             reason = str(exc) or type(exc).__name__
             log.warning(
-                "device=%s event=write-failed property=%s error=%r (will retry after reconnect)",
+                "device=%s event=write-failed property=%s error=%r (retried after reconnect)",
                 self.id,
                 name,
                 reason,
             )
-            self._report((prop,), {prop.index: Ack(desired.version, "failed", reason)})
+            self._emit((), 0.0, {prop.index: Ack(desired.version, "failed", reason)})
             self._pending.setdefault(name, desired)
             if isinstance(exc, TimeoutError):
                 raise DeviceTimeout(f"write of {name} timed out") from exc
@@ -541,14 +624,18 @@ class DeviceWorker:
         self.stats.writes += 1
         self._done[name] = desired
         if echoed is not None:
-            self._absorb((prop,), {prop.name: echoed})
+            self._absorb((prop,), {prop.name: echoed}, False)
         log.info(
             "device=%s event=desired-applied property=%s value=%s",
             self.id,
             name,
             format_text(value, prop.type),
         )
-        self._report((prop,), {prop.index: Ack(desired.version, "applied")})
+        self._emit(
+            (prop.index,),
+            asyncio.get_running_loop().time(),
+            {prop.index: Ack(desired.version, "applied")},
+        )
 
     def _rejected(self, prop: PropertySpec[Any], desired: DesiredValue, exc: WriteRejected) -> None:
         self.stats.writes_rejected += 1
@@ -561,9 +648,38 @@ class DeviceWorker:
             exc.reason,
         )
         ack = Ack(desired.version, "rejected", exc.reason)
-        if self._latest[prop.index] is not None:
-            self._report((prop,), {prop.index: ack})
-        else:
-            # No value to report yet: send the ack alone.
-            fragment = self._wire[prop.index].ack_only(ack)
-            self.sender.put(self._topic_update, update_payload(self._ids.next(), [fragment]))
+        self._emit(
+            (prop.index,) if self._latest[prop.index] is not None else (),
+            asyncio.get_running_loop().time(),
+            {prop.index: ack},
+        )
+
+    # ---- on demand (management API) -----------------------------------------------------
+    async def read_now(self, name: str) -> Reading:
+        """Read one property from the device now (``DeviceUnavailable`` when offline)."""
+        prop = self._by_name[name]
+        if not self._online.is_set():
+            raise DeviceUnavailable(f"device {self.id} is {self.state.value}")
+        async with self._io, asyncio.timeout(self.options.read_timeout):
+            reading = (await self.driver.read([prop])).get(name)
+        if reading is None:
+            return Reading.bad("the driver returned no reading")
+        if reading.ok and reading.value is not None:
+            try:
+                reading.value = self._coerce[prop.index](reading.value)
+            except ValueError as exc:
+                return Reading.bad(str(exc))
+        return reading
+
+    async def write_now(self, name: str, text: str) -> Reading | None:
+        """Validate, write and read back one value now; raises :class:`WriteRejected`."""
+        prop = self._by_name[name]
+        value = self.validate_desired(prop, text)
+        if not self._online.is_set():
+            raise DeviceUnavailable(f"device {self.id} is {self.state.value}")
+        echoed = await self._write_and_read_back(prop, value)
+        self.stats.writes += 1
+        if echoed is not None:
+            self._absorb((prop,), {prop.name: echoed}, False)
+            self._emit((prop.index,), asyncio.get_running_loop().time())
+        return echoed

@@ -92,13 +92,13 @@ def test_run_with_no_installed_protocol_says_what_is_installed(plugin_path: Path
     out = mapperkit(
         "run",
         "--config",
-        str(DATA / "kubeedge-opcua.yaml"),
+        str(DATA / "zigbee.yaml"),
         "--broker",
         "mqtt://127.0.0.1:1",
         plugin_path=plugin_path,
     )
     assert out.returncode == 2
-    assert "no installed driver for protocol 'opcua'" in out.stderr
+    assert "no installed driver for protocol 'zigbee'" in out.stderr
     assert "no device to serve" in out.stderr
 
 
