@@ -55,6 +55,10 @@ The rules every driver follows (the conformance kit in
   ``str``, ``bytes``); the runtime converts them to the model type once.
 * Library exceptions are converted at the boundary into the SDK's errors,
   chained with ``raise ... from exc``.
+* The runtime never runs two ``read``/``write`` calls of one driver instance at
+  the same time; drivers that share a connection between devices (a serial
+  bus) serialise across instances themselves, through a shared lock from
+  :class:`Resources`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ import asyncio
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -327,6 +331,13 @@ class Driver(ABC, Generic[P, V]):
         its visitor (``mode: subscribe``, ``notify: true``).
         """
         return False
+
+    def counters(self) -> Mapping[str, int]:
+        """Protocol-specific counters exported as metrics (``requests``, ``coalesced`` ...).
+
+        Optional; the default has none. Keep it cheap: it is read at scrape time.
+        """
+        return {}
 
     # ---- state ---------------------------------------------------------------
     def state(self) -> DeviceState:

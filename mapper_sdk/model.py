@@ -54,6 +54,7 @@ __all__ = [
     "StateReport",
     "Value",
     "load_files",
+    "load_objects",
     "load_text",
 ]
 
@@ -588,6 +589,24 @@ def load_text(
     return _resolve(models, raw, drivers, missing_driver)
 
 
+def load_objects(
+    documents: Iterable[Any],
+    source: str = "<objects>",
+    drivers: DriverLookup | None = None,
+    *,
+    missing_driver: MissingDriver = "keep",
+) -> Inventory:
+    """Load devices and models from already-parsed documents (dicts shaped like the YAML).
+
+    For sources that are not files: KubeEdge's DMI hands over Device and
+    DeviceModel objects, which are converted to these dicts first.
+    """
+    models: dict[tuple[str, str], ModelSpec] = {}
+    raw: list[_RawDevice] = []
+    _parse_documents(list(documents), source, models, raw)
+    return _resolve(models, raw, drivers, missing_driver)
+
+
 def load_files(
     paths: Iterable[str | Path],
     drivers: DriverLookup | None = None,
@@ -637,6 +656,15 @@ def _parse_file(
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"invalid YAML: {problem}", location=where) from None
+    _parse_documents(documents, source, models, raw)
+
+
+def _parse_documents(
+    documents: Sequence[Any],
+    source: str,
+    models: dict[tuple[str, str], ModelSpec],
+    raw: list[_RawDevice],
+) -> None:
     for index, doc in enumerate(documents, start=1):
         if doc is None:
             continue

@@ -269,8 +269,14 @@ class Mapper:
         """Ask :meth:`serve_forever` to return."""
         self._stop.set()
 
-    async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM or :meth:`stop`, then shut down cleanly."""
+    async def serve_forever(
+        self, services: Sequence[contextlib.AbstractAsyncContextManager[Any]] = ()
+    ) -> None:
+        """Run until SIGINT/SIGTERM or :meth:`stop`, then shut down cleanly.
+
+        ``services`` (an HTTP API, a DMI server ...) are entered once the mapper
+        runs and exited before it stops.
+        """
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,7 +286,9 @@ class Mapper:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            async with self:
+            async with self, contextlib.AsyncExitStack() as stack:
+                for service in services:
+                    await stack.enter_async_context(service)
                 await self._stop.wait()
         finally:
             for sig in installed:

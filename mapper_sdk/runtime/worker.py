@@ -38,7 +38,13 @@ from .backoff import Backoff
 from .reporters.base import Item, Reporter
 from .twin import Ack, DesiredValue, TwinReporter, desired_from_delta, desired_from_get
 
-__all__ = ["DeviceWorker", "WorkerOptions", "WorkerStats"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "LATENESS_BUCKETS_MS",
+    "DeviceWorker",
+    "WorkerOptions",
+    "WorkerStats",
+]
 
 log = logging.getLogger("mapper_sdk.runtime")
 
@@ -56,6 +62,23 @@ class WorkerOptions:
 
 
 LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, math.inf)
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    math.inf,
+)
 
 
 @dataclass(slots=True)
@@ -77,6 +100,15 @@ class WorkerStats:
     missed_cycles: int = 0
     read_seconds: float = 0.0
     lateness_hist: list[int] = field(default_factory=lambda: [0] * len(LATENESS_BUCKETS_MS))
+    latency_hist: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    """Read-batch latency, counts per bucket of :data:`LATENCY_BUCKETS_S` (not cumulative)."""
+
+    def record_latency(self, seconds: float) -> None:
+        self.read_seconds += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if seconds <= bound:
+                self.latency_hist[i] += 1
+                return
 
     def record_lateness(self, late_ms: float) -> None:
         for i, bound in enumerate(LATENESS_BUCKETS_MS):
@@ -337,7 +369,7 @@ class DeviceWorker:
                 async with io, asyncio.timeout(timeout):
                     readings = await read(props)
                 after = loop.time()
-                self.stats.read_seconds += after - now
+                self.stats.record_latency(after - now)
                 fresh = self._absorb(props, readings, bool(eager))
                 self.stats.cycles += 1
                 self._advance(due, now, after)
