@@ -56,6 +56,9 @@ class MqttSettings:
     keepalive: int = 30
     timeout: float = 10.0
     clean_session: bool = True
+    max_inflight: int = 0
+    """QoS 1 messages in flight at once; 0 is unbounded, since the outbox bounds its
+    window itself (paho rescans every in-flight message on each PUBACK when bounded)."""
 
     @classmethod
     def from_url(
@@ -127,7 +130,8 @@ class MqttSettings:
 
     def client(self, *, client_id: str | None = None, **kwargs: Any) -> aiomqtt.Client:
         """A new, not yet connected aiomqtt client for these settings."""
-        return aiomqtt.Client(
+        kwargs.setdefault("max_inflight_messages", self.max_inflight)
+        client = aiomqtt.Client(
             hostname=self.host,
             port=self.port,
             username=self.username,
@@ -142,6 +146,9 @@ class MqttSettings:
             clean_session=None if self.protocol == "5" else self.clean_session,
             **kwargs,
         )
+        # Mapperkit pipelines QoS 1 publishes on purpose; do not warn about it.
+        client.pending_calls_threshold = 1_000_000
+        return client
 
 
 MessageHandler = Callable[[aiomqtt.Message], None]
