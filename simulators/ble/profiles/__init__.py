@@ -1,0 +1,1 @@
+"""Built-in simulator profiles (YAML files shipped as package data)."""
