@@ -1,0 +1,7 @@
+"""``python -m simulators.modbus --profile FILE --port N``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

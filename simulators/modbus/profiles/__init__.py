@@ -1,0 +1,1 @@
+"""Profiles shipped with the Modbus simulator (``load_profile("energy_meter")``)."""
