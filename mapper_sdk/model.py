@@ -171,8 +171,13 @@ def _check_object_name(value: str) -> str:
 
 
 class K8sMetadata(_Loose):
-    name: str
-    namespace: str = "default"
+    name: str = Field(
+        description="the object's name: 1-253 letters, digits, `.`, `_` and `-`",
+    )
+    namespace: str = Field(
+        default="default",
+        description="the object's namespace; a Device refers to a DeviceModel of its own namespace",
+    )
 
     _names = field_validator("name", "namespace")(_check_object_name)
 
@@ -180,10 +185,28 @@ class K8sMetadata(_Loose):
 class ReportStrategyDoc(_Schema):
     """``reportStrategy`` (ext), on a device (the default) or a property (key by key on top)."""
 
-    mode: ReportMode = ReportMode.PERIOD
-    deadband: float | None = Field(default=None, ge=0)
-    deadbandPercent: float | None = Field(default=None, ge=0)
-    heartbeat: int | None = Field(default=None, gt=0)
+    mode: ReportMode = Field(
+        default=ReportMode.PERIOD,
+        description="when a value is reported: `period`, `always`, `on-change` or "
+        "`on-change-or-heartbeat`",
+    )
+    deadband: float | None = Field(
+        default=None,
+        ge=0,
+        description="on-change modes: a numeric change no larger than this is not a change",
+    )
+    deadbandPercent: float | None = Field(
+        default=None,
+        ge=0,
+        description="on-change modes: a numeric change no larger than this percentage of "
+        "the last reported value is not a change",
+    )
+    heartbeat: int | None = Field(
+        default=None,
+        gt=0,
+        description="on-change-or-heartbeat: report at least every this many ms (default: "
+        "the reportCycle)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportStrategyDoc:
@@ -200,19 +223,53 @@ class ReportStrategyDoc(_Schema):
 
 
 class VisitorConfigData(_Schema):
-    protocolName: str | None = None
-    configData: dict[str, Any] | None = None
+    protocolName: str | None = Field(
+        default=None,
+        description="the protocol the configData is for; must equal the device's protocol "
+        "when given",
+    )
+    configData: dict[str, Any] | None = Field(
+        default=None,
+        description="where the value is on the device, in the driver's visitor keys (see "
+        "the protocol sections)",
+    )
 
 
 class ModelPropertyDoc(_Schema):
-    name: str
-    description: str | None = None
-    type: PropertyType
-    accessMode: AccessMode = AccessMode.READ_WRITE
-    minimum: float | None = None
-    maximum: float | None = None
-    unit: str | None = None
-    visitors: VisitorConfigData | None = None
+    name: str = Field(
+        description="the property's name, unique in the model: 1-128 letters, digits and "
+        "`-_.,:/@#`",
+    )
+    description: str | None = Field(
+        default=None,
+        description="free text for people",
+    )
+    type: PropertyType = Field(
+        description="the value's type: INT, FLOAT, DOUBLE, STRING, BOOLEAN or BYTES (any case)",
+    )
+    accessMode: AccessMode = Field(
+        default=AccessMode.READ_WRITE,
+        description="ReadWrite (desired values are written to the device) or ReadOnly",
+    )
+    minimum: float | None = Field(
+        default=None,
+        description="the smallest desired value accepted (numeric types); reported values "
+        "are not clipped",
+    )
+    maximum: float | None = Field(
+        default=None,
+        description="the largest desired value accepted (numeric types); reported values "
+        "are not clipped",
+    )
+    unit: str | None = Field(
+        default=None,
+        description="the unit of the value, for people and sinks (`degC`, `kWh`)",
+    )
+    visitors: VisitorConfigData | None = Field(
+        default=None,
+        description="default visitor for every device of the model; a device's own visitor "
+        "keys override it key by key",
+    )
 
     _name = field_validator("name")(_check_property_name)
 
@@ -247,9 +304,20 @@ class ModelPropertyDoc(_Schema):
 
 
 class DeviceModelSpecDoc(_Schema):
-    protocol: str | None = None
-    protocolConfigData: dict[str, Any] | None = None
-    properties: list[ModelPropertyDoc] = Field(default_factory=list)
+    protocol: str | None = Field(
+        default=None,
+        description="the protocol of the model's devices; a device naming another protocol "
+        "is an error",
+    )
+    protocolConfigData: dict[str, Any] | None = Field(
+        default=None,
+        description="default connection keys for every device of the model; a device's "
+        "configData overrides them key by key",
+    )
+    properties: list[ModelPropertyDoc] = Field(
+        default_factory=list,
+        description="the properties every device of the model has",
+    )
 
     @field_validator("properties")
     @classmethod
@@ -259,16 +327,34 @@ class DeviceModelSpecDoc(_Schema):
 
 
 class DeviceModelDoc(_Schema):
-    apiVersion: str
-    kind: Literal["DeviceModel"]
-    metadata: K8sMetadata
-    spec: DeviceModelSpecDoc
-    status: dict[str, Any] | None = None
+    apiVersion: str = Field(
+        description="`devices.kubeedge.io/v1beta1`",
+    )
+    kind: Literal["DeviceModel"] = Field(
+        description="`DeviceModel`",
+    )
+    metadata: K8sMetadata = Field(
+        description="name and namespace",
+    )
+    spec: DeviceModelSpecDoc = Field(
+        description="the protocol and the properties",
+    )
+    status: dict[str, Any] | None = Field(
+        default=None,
+        description="ignored (kept for files exported from a cluster)",
+    )
 
 
 class DesiredDoc(_Schema):
-    value: str | None = None
-    metadata: dict[str, Any] | None = None
+    value: str | None = Field(
+        default=None,
+        description="the desired value in wire text (`21.5`, `true`); YAML numbers and "
+        "booleans are accepted and stored as text",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="KubeEdge's metadata of the desired value (kept, not interpreted)",
+    )
 
     @field_validator("value", mode="before")
     @classmethod
@@ -284,53 +370,138 @@ class DesiredDoc(_Schema):
 class PushMethod(_Schema):
     """Where a property's readings are pushed besides the twin (KubeEdge ``pushMethod``)."""
 
-    mqtt: dict[str, Any] | None = None
-    http: dict[str, Any] | None = None
-    otel: dict[str, Any] | None = None
-    dbMethod: dict[str, Any] | None = None
+    mqtt: dict[str, Any] | None = Field(
+        default=None,
+        description="publish readings to an MQTT broker (see pushMethod.mqtt)",
+    )
+    http: dict[str, Any] | None = Field(
+        default=None,
+        description="POST readings to an HTTP endpoint",
+    )
+    otel: dict[str, Any] | None = Field(
+        default=None,
+        description="export readings as OpenTelemetry metrics (OTLP over HTTP)",
+    )
+    dbMethod: dict[str, Any] | None = Field(
+        default=None,
+        description="write readings to a database, keyed by kind: `influxdb2`, `redis`, "
+        "`mysql`, `tdengine`",
+    )
 
 
 class DevicePropertyDoc(_Schema):
-    name: str
-    desired: DesiredDoc | None = None
-    visitors: VisitorConfigData | None = None
-    reportToCloud: bool | None = None
-    collectCycle: int | None = Field(default=None, ge=0)
-    reportCycle: int | None = Field(default=None, ge=0)
-    pushMethod: PushMethod | None = None
-    reportStrategy: dict[str, Any] | None = None
+    name: str = Field(
+        description="the model property this entry configures on the device",
+    )
+    desired: DesiredDoc | None = Field(
+        default=None,
+        description="the initial desired value, applied when the twin has none",
+    )
+    visitors: VisitorConfigData | None = Field(
+        default=None,
+        description="where the value is on this device; its configData keys override the "
+        "model's visitor key by key",
+    )
+    reportToCloud: bool | None = Field(
+        default=None,
+        description="report the property to the twin (default true); false keeps it to its "
+        "pushMethod sinks",
+    )
+    collectCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="ms between reads of the property (default 1000; 0 means the default)",
+    )
+    reportCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="ms between reports of the property (default 1000; 0 means the default)",
+    )
+    pushMethod: PushMethod | None = Field(
+        default=None,
+        description="sinks that receive the property's readings besides the twin",
+    )
+    reportStrategy: dict[str, Any] | None = Field(
+        default=None,
+        description="when the property is reported (see reportStrategy); its keys override "
+        "the device's",
+    )
 
     _name = field_validator("name")(_check_property_name)
 
 
 class ProtocolDoc(_Schema):
-    protocolName: str
-    configData: dict[str, Any] | None = None
+    protocolName: str = Field(
+        description="the protocol, the name of an installed driver (see `mapperkit drivers`)",
+    )
+    configData: dict[str, Any] | None = Field(
+        default=None,
+        description="how to reach the device, in the driver's connection keys (see the "
+        "protocol sections); merged over the model's protocolConfigData",
+    )
 
 
 class DeviceModelRef(_Schema):
-    name: str
+    name: str = Field(
+        description="the DeviceModel's name, in the device's namespace",
+    )
 
 
 class MethodDoc(_Schema):
-    name: str
-    description: str | None = None
-    propertyNames: list[str] = Field(default_factory=list)
+    name: str = Field(
+        description="the method's name",
+    )
+    description: str | None = Field(
+        default=None,
+        description="free text for people",
+    )
+    propertyNames: list[str] = Field(
+        default_factory=list,
+        description="the device's properties the method sets",
+    )
 
 
 class StateReportDoc(_Schema):
-    reportToCloud: bool | None = None
-    reportCycle: int | None = Field(default=None, ge=0)
+    reportToCloud: bool | None = Field(
+        default=None,
+        description="report the device's state (online, offline, unhealthy) to the twin "
+        "(default true)",
+    )
+    reportCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="ms between state reports, besides a report on every change (default 1000)",
+    )
 
 
 class DeviceSpecDoc(_Schema):
-    deviceModelRef: DeviceModelRef
-    nodeName: str | None = None
-    protocol: ProtocolDoc
-    properties: list[DevicePropertyDoc] = Field(default_factory=list)
-    methods: list[MethodDoc] = Field(default_factory=list)
-    stateReport: StateReportDoc | None = None
-    reportStrategy: dict[str, Any] | None = None
+    deviceModelRef: DeviceModelRef = Field(
+        description="the DeviceModel the device is an instance of",
+    )
+    nodeName: str | None = Field(
+        default=None,
+        description="the edge node that serves the device (used by the twin for membership)",
+    )
+    protocol: ProtocolDoc = Field(
+        description="the protocol and the device's connection",
+    )
+    properties: list[DevicePropertyDoc] = Field(
+        default_factory=list,
+        description="the model properties the device serves, with per-device settings; "
+        "properties not listed are not served",
+    )
+    methods: list[MethodDoc] = Field(
+        default_factory=list,
+        description="named groups of properties that are set together (KubeEdge device methods)",
+    )
+    stateReport: StateReportDoc | None = Field(
+        default=None,
+        description="whether and how often the device's state is reported",
+    )
+    reportStrategy: dict[str, Any] | None = Field(
+        default=None,
+        description="the default reportStrategy of the device's properties",
+    )
 
     @field_validator("properties")
     @classmethod
@@ -340,28 +511,91 @@ class DeviceSpecDoc(_Schema):
 
 
 class DeviceDoc(_Schema):
-    apiVersion: str
-    kind: Literal["Device"]
-    metadata: K8sMetadata
-    spec: DeviceSpecDoc
-    status: dict[str, Any] | None = None
+    apiVersion: str = Field(
+        description="`devices.kubeedge.io/v1beta1`",
+    )
+    kind: Literal["Device"] = Field(
+        description="`Device`",
+    )
+    metadata: K8sMetadata = Field(
+        description="name and namespace",
+    )
+    spec: DeviceSpecDoc = Field(
+        description="the model, the protocol and the properties",
+    )
+    status: dict[str, Any] | None = Field(
+        default=None,
+        description="ignored, except `reportToCloud`/`reportCycle` from KubeEdge before "
+        "1.23 when spec.stateReport is absent",
+    )
 
 
 class NativePropertyDoc(_Schema):
-    name: str
-    description: str | None = None
-    type: PropertyType
-    accessMode: AccessMode = AccessMode.READ_WRITE
-    minimum: float | None = None
-    maximum: float | None = None
-    unit: str | None = None
-    desired: str | DesiredDoc | None = None
-    collectCycle: int | None = Field(default=None, ge=0)
-    reportCycle: int | None = Field(default=None, ge=0)
-    reportToCloud: bool | None = None
-    pushMethod: PushMethod | None = None
-    reportStrategy: dict[str, Any] | None = None
-    visitor: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        description="the property's name, unique in the device: 1-128 letters, digits and "
+        "`-_.,:/@#`",
+    )
+    description: str | None = Field(
+        default=None,
+        description="free text for people",
+    )
+    type: PropertyType = Field(
+        description="the value's type: INT, FLOAT, DOUBLE, STRING, BOOLEAN or BYTES (any case)",
+    )
+    accessMode: AccessMode = Field(
+        default=AccessMode.READ_WRITE,
+        description="ReadWrite (desired values are written to the device) or ReadOnly",
+    )
+    minimum: float | None = Field(
+        default=None,
+        description="the smallest desired value accepted (numeric types); reported values "
+        "are not clipped",
+    )
+    maximum: float | None = Field(
+        default=None,
+        description="the largest desired value accepted (numeric types); reported values "
+        "are not clipped",
+    )
+    unit: str | None = Field(
+        default=None,
+        description="the unit of the value, for people and sinks (`degC`, `kWh`)",
+    )
+    desired: str | DesiredDoc | None = Field(
+        default=None,
+        description="the initial desired value (wire text, or a mapping with `value`), "
+        "applied when the twin has none",
+    )
+    collectCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="ms between reads of the property (default: the device's collectCycle, "
+        "else 1000)",
+    )
+    reportCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="ms between reports of the property (default: the device's reportCycle,"
+        " else 1000)",
+    )
+    reportToCloud: bool | None = Field(
+        default=None,
+        description="report the property to the twin (default true); false keeps it to its "
+        "pushMethod sinks",
+    )
+    pushMethod: PushMethod | None = Field(
+        default=None,
+        description="sinks that receive the property's readings besides the twin",
+    )
+    reportStrategy: dict[str, Any] | None = Field(
+        default=None,
+        description="when the property is reported (see reportStrategy); its keys override "
+        "the device's",
+    )
+    visitor: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where the value is on the device, in the driver's visitor keys (see "
+        "the protocol sections)",
+    )
 
     _name = field_validator("name")(_check_property_name)
     _type = field_validator("type", mode="before")(ModelPropertyDoc._type.__func__)  # type: ignore[attr-defined]
@@ -381,18 +615,55 @@ class NativePropertyDoc(_Schema):
 
 
 class NativeDeviceDoc(_Schema):
-    name: str
-    namespace: str = "default"
-    model: str | None = None
-    protocol: str
-    nodeName: str | None = None
-    connection: dict[str, Any] = Field(default_factory=dict)
-    collectCycle: int | None = Field(default=None, ge=0)
-    reportCycle: int | None = Field(default=None, ge=0)
-    stateReport: StateReportDoc | None = None
-    reportStrategy: dict[str, Any] | None = None
-    methods: list[MethodDoc] = Field(default_factory=list)
-    properties: list[NativePropertyDoc] = Field(default_factory=list)
+    name: str = Field(
+        description="the device's name: 1-253 letters, digits, `.`, `_` and `-`",
+    )
+    namespace: str = Field(
+        default="default",
+        description="the device's namespace",
+    )
+    model: str | None = Field(
+        default=None,
+        description="the name of the DeviceModel the device implies (default: `<name>-model`)",
+    )
+    protocol: str = Field(
+        description="the protocol, the name of an installed driver (see `mapperkit drivers`)",
+    )
+    nodeName: str | None = Field(
+        default=None,
+        description="the edge node that serves the device (used by the twin for membership)",
+    )
+    connection: dict[str, Any] = Field(
+        default_factory=dict,
+        description="how to reach the device, in the driver's connection keys (see the "
+        "protocol sections)",
+    )
+    collectCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="default ms between reads of each property (default 1000)",
+    )
+    reportCycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="default ms between reports of each property (default 1000)",
+    )
+    stateReport: StateReportDoc | None = Field(
+        default=None,
+        description="whether and how often the device's state is reported",
+    )
+    reportStrategy: dict[str, Any] | None = Field(
+        default=None,
+        description="the default reportStrategy of the device's properties",
+    )
+    methods: list[MethodDoc] = Field(
+        default_factory=list,
+        description="named groups of properties that are set together (KubeEdge device methods)",
+    )
+    properties: list[NativePropertyDoc] = Field(
+        default_factory=list,
+        description="the device's properties, each with its model part and its visitor",
+    )
 
     _names = field_validator("name", "namespace")(_check_object_name)
 
@@ -404,7 +675,9 @@ class NativeDeviceDoc(_Schema):
 
 
 class NativeFileDoc(_Schema):
-    devices: list[NativeDeviceDoc]
+    devices: list[NativeDeviceDoc] = Field(
+        description="the devices of the file",
+    )
 
 
 def _reject_duplicates(names: Iterable[str]) -> None:

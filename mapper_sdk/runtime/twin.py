@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,22 +65,34 @@ class Ack:
         return out
 
 
+def _quoted_formatter(ptype: PropertyType) -> Callable[[Value], str]:
+    """The JSON string of a typed value's twin text, chosen once per property."""
+    if ptype is PropertyType.INT:
+        return lambda v: f'"{v}"' if type(v) is int else f'"{format_text(v, ptype)}"'
+    if ptype in (PropertyType.FLOAT, PropertyType.DOUBLE):
+        return lambda v: f'"{v!r}"' if type(v) is float else f'"{format_text(v, ptype)}"'
+    if ptype is PropertyType.BOOLEAN:
+        return lambda v: '"true"' if v else '"false"'
+    if ptype is PropertyType.STRING:
+        return lambda v: json.dumps(v if type(v) is str else format_text(v, ptype))
+    return lambda v: f'"{format_text(v, ptype)}"'
+
+
 class PropertyWire:
     """Prepared JSON fragments for one property's reported value."""
 
-    __slots__ = ("head", "name", "ptype", "tail")
+    __slots__ = ("head", "name", "ptype", "quote", "tail")
 
     def __init__(self, prop: PropertySpec[Any]) -> None:
         self.name = prop.name
         self.ptype = prop.type
+        self.quote = _quoted_formatter(prop.type)
         self.head = json.dumps(prop.name) + ':{"actual":{"value":'
         self.tail = '},"metadata":{"type":' + json.dumps(prop.type.value) + "}}"
 
     def fragment(self, value: Value, reading: Reading, ack: Ack | None = None) -> str:
-        text = format_text(value, self.ptype)
-        quoted = json.dumps(text) if self.ptype is PropertyType.STRING else f'"{text}"'
         ts = reading.source_timestamp or reading.timestamp
-        body = f'{self.head}{quoted},"metadata":{{"timestamp":{ts}}}{self.tail}'
+        body = f'{self.head}{self.quote(value)},"metadata":{{"timestamp":{ts}}}{self.tail}'
         if ack is not None:
             # Insert the ack beside actual and metadata.
             body = body[:-1] + ',"ack":' + json.dumps(ack.to_json()) + "}"
