@@ -177,10 +177,14 @@ def run_command(sub: Subparsers) -> None:
         help="what to drop when the outbox is full (counted in metrics)",
     )
     p.add_argument("--log-level", default="info")
+    from .api import add_api_options
+
+    add_api_options(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .api import api_from_args
     from .runtime import Mapper, MapperOptions
 
     setup_logging(args.log_level)
@@ -191,7 +195,8 @@ def _run(args: argparse.Namespace) -> int:
         outbox_drop_oldest=args.outbox_full == "drop-oldest",
     )
     mapper = Mapper.from_files(args.config, options)
-    asyncio.run(mapper.serve_forever())
+    api = api_from_args(mapper, args)
+    asyncio.run(mapper.serve_forever(services=[api] if api is not None else []))
     return 0
 
 

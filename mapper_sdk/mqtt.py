@@ -27,6 +27,7 @@ from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from .errors import ConfigError, MapperError
 
@@ -409,3 +410,37 @@ class MqttLink:
             with contextlib.suppress(BaseException):
                 await everything
         return acked
+
+    # ---- QoS 0 without waiting -------------------------------------------------
+    def _paho(self) -> paho.Client | None:
+        # aiomqtt.Client.publish waits on an event per message, QoS 0 included, and
+        # scans its pending calls on every publish; telemetry at QoS 0 needs neither,
+        # so it goes straight to the paho client aiomqtt drives (pinned aiomqtt 2.x).
+        client = self._client
+        if client is None or not self.up.is_set():
+            return None
+        inner = getattr(client, "_client", None)
+        return inner if isinstance(inner, paho.Client) else None
+
+    @property
+    def can_publish_nowait(self) -> bool:
+        """Whether :meth:`publish_nowait` is available now (connected)."""
+        return self._paho() is not None
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Queue one QoS 0 message on the connection; ``False`` when it was not taken.
+
+        Call :meth:`drain` after a run of these to wait until they are written.
+        """
+        client = self._paho()
+        if client is None:
+            return False
+        return bool(client.publish(topic, payload, 0, retain).rc == paho.MQTT_ERR_SUCCESS)
+
+    async def drain(self) -> None:
+        """Wait until messages queued with :meth:`publish_nowait` reached the socket."""
+        spins = 0
+        client = self._paho()
+        while client is not None and client.want_write() and self.up.is_set():
+            await asyncio.sleep(0 if spins < 16 else 0.001)
+            spins += 1

@@ -324,15 +324,15 @@ class Mapper:
                     )
                 try:
                     cls.validate(config)
+                    key = (kind, cls.pool_key(config))
+                    sink = self.sinks.get(key)
+                    if sink is None:
+                        context = ReporterContext(
+                            mqtt=self.options.mqtt, resources=self.resources, environ=os.environ
+                        )
+                        sink = self.sinks[key] = cls(config, context)
                 except ConfigError as exc:
                     raise ConfigError(exc.message, location=where) from None
-                key = (kind, cls.pool_key(config))
-                sink = self.sinks.get(key)
-                if sink is None:
-                    context = ReporterContext(
-                        mqtt=self.options.mqtt, resources=self.resources, environ=os.environ
-                    )
-                    sink = self.sinks[key] = cls(config, context)
                 row.append(sink)
             plan.append(row)
         return plan
@@ -440,9 +440,9 @@ class Mapper:
         if link is None or not isinstance(twin, MqttTwinReporter):
             return
         messages = [(*twin.get_request(w.spec), 1, False) for w in list(self.workers.values())]
-        for i in range(0, len(messages), 256):
+        for i in range(0, len(messages), 64):
             try:
-                await link.publish_batch(messages[i : i + 256])
+                await link.publish_batch(messages[i : i + 64])
             except LinkDown:
                 return  # the next connect resyncs again
 

@@ -137,6 +137,8 @@ async def test_run_serves_devices_and_stops_on_sigterm(
             str(config),
             "--broker",
             mosquitto.url,
+            "--http-port",
+            "0",
             env=cli_env(plugin_path),
             stderr=asyncio.subprocess.PIPE,
         )

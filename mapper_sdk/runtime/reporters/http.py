@@ -33,8 +33,7 @@ from pydantic import Field
 from ...codec import format_text
 from ...errors import ConfigError
 from ...model import DeviceSpec, PropertySpec
-from .base import Item, Reporter, ReporterContext
-from .mqtt import (
+from ._common import (
     DEFAULT_QUEUE,
     Batch,
     BatchQueue,
@@ -50,6 +49,7 @@ from .mqtt import (
     reading_prefix,
     reading_suffix,
 )
+from .base import Item, Reporter, ReporterContext
 
 __all__ = ["HttpReporter"]
 

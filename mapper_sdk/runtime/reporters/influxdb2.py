@@ -42,8 +42,7 @@ from pydantic import Field
 
 from ...errors import ConfigError
 from ...model import DeviceSpec, PropertySpec, Value
-from .base import Item, Reporter, ReporterContext
-from .mqtt import (
+from ._common import (
     DEFAULT_QUEUE,
     Batch,
     BatchQueue,
@@ -56,6 +55,7 @@ from .mqtt import (
     property_config,
     read_secret,
 )
+from .base import Item, Reporter, ReporterContext
 
 __all__ = ["InfluxReporter", "escape_key", "escape_measurement", "field_value"]
 

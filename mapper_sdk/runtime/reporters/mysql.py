@@ -38,8 +38,7 @@ from pydantic import Field
 from ...codec import format_text
 from ...errors import ConfigError
 from ...model import DeviceSpec, PropertySpec
-from .base import Item, Reporter, ReporterContext
-from .mqtt import (
+from ._common import (
     DEFAULT_QUEUE,
     SINKS_EXTRA,
     Batch,
@@ -49,6 +48,7 @@ from .mqtt import (
     parse_config,
     read_secret,
 )
+from .base import Item, Reporter, ReporterContext
 
 __all__ = ["MysqlReporter", "table_name"]
 

@@ -36,8 +36,8 @@ from pydantic import Field
 
 from ...errors import ConfigError
 from ...model import DeviceSpec, PropertySpec, Value
+from ._common import SINKS_EXTRA, PushConfig, parse_config
 from .base import Item, Reporter, ReporterContext
-from .mqtt import SINKS_EXTRA, PushConfig, parse_config
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter

@@ -32,8 +32,7 @@ from pydantic import AliasChoices, Field
 from ...codec import format_text
 from ...errors import ConfigError
 from ...model import DeviceSpec, PropertySpec
-from .base import Item, Reporter, ReporterContext
-from .mqtt import (
+from ._common import (
     DEFAULT_QUEUE,
     SINKS_EXTRA,
     Batch,
@@ -51,6 +50,7 @@ from .mqtt import (
     reading_prefix,
     reading_suffix,
 )
+from .base import Item, Reporter, ReporterContext
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
