@@ -135,6 +135,8 @@ class Reading:
         error: a readable reason for a bad quality.
         error_code: the protocol's code for it (Modbus exception code, OPC-UA
             status name, ATT error name).
+        server_timestamp: when a server in between (an OPC-UA server) last saw
+            the value, if it says.
     """
 
     value: Value | None
@@ -143,6 +145,7 @@ class Reading:
     source_timestamp: int | None = None
     error: str | None = None
     error_code: int | str | None = None
+    server_timestamp: int | None = None
 
     @classmethod
     def good(cls, value: Value, timestamp: int | None = None) -> Reading:
