@@ -32,6 +32,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -94,6 +95,7 @@ class ApiServer:
         port: TCP port; 0 picks a free one (see :attr:`port` once entered).
         token: when set, requests need ``Authorization: Bearer <token>``.
         read_timeout: seconds allowed for a live read or write through the API.
+        ssl_context: serve HTTPS with this context (see :func:`server_tls`).
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class ApiServer:
         token: str | None = None,
         *,
         read_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.mapper = mapper
+        self.ssl_context = ssl_context
         self.host = host
         self.port = port
         self.token = token
@@ -125,7 +129,7 @@ class ApiServer:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
@@ -381,6 +385,22 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
         "--http-token-file",
         help="file holding a bearer token the API requires (or set $MAPPERKIT_HTTP_TOKEN)",
     )
+    g.add_argument("--http-cert-file", help="serve HTTPS with this certificate (PEM)")
+    g.add_argument("--http-key-file", help="the private key of --http-cert-file (PEM)")
+
+
+def server_tls(cert_file: str | None, key_file: str | None) -> ssl.SSLContext | None:
+    """An HTTPS server context from a certificate and key file (``None`` without them)."""
+    if not cert_file and not key_file:
+        return None
+    if not cert_file or not key_file:
+        raise ConfigError("HTTPS needs both --http-cert-file and --http-key-file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the HTTPS certificate {cert_file}: {exc}") from None
+    return context
 
 
 def api_from_args(mapper: Mapper, args: argparse.Namespace) -> ApiServer | None:
@@ -400,4 +420,11 @@ def api_from_args(mapper: Mapper, args: argparse.Namespace) -> ApiServer | None:
             raise ConfigError(f"cannot read the HTTP token file {path}: {exc.strerror}") from None
         if not token:
             raise ConfigError(f"the HTTP token file {path} is empty")
-    return ApiServer(mapper, host=getattr(args, "http_host", "127.0.0.1"), port=port, token=token)
+    tls = server_tls(getattr(args, "http_cert_file", None), getattr(args, "http_key_file", None))
+    return ApiServer(
+        mapper,
+        host=getattr(args, "http_host", "127.0.0.1"),
+        port=port,
+        token=token,
+        ssl_context=tls,
+    )

@@ -43,6 +43,11 @@ class Mosquitto:
         workdir: where the config, password file and log go (default: a temp dir).
         persistence: keep sessions and queued messages across a restart (saved
             in ``workdir`` when the broker stops).
+        tls: ``(ca file, server certificate, server key)``: the listener speaks
+            TLS only (``mqtts://``).
+        require_certificate: with ``tls``, clients must present a certificate
+            signed by the CA.
+        acl_file: a Mosquitto ACL file to enforce.
     """
 
     def __init__(
@@ -53,6 +58,9 @@ class Mosquitto:
         extra_config: str = "",
         workdir: str | Path | None = None,
         persistence: bool = False,
+        tls: tuple[str | Path, str | Path, str | Path] | None = None,
+        require_certificate: bool = False,
+        acl_file: str | Path | None = None,
     ) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
@@ -68,6 +76,9 @@ class Mosquitto:
         self.users = dict(users or {})
         self.extra_config = extra_config
         self.persistence = persistence
+        self.tls = tls
+        self.require_certificate = require_certificate
+        self.acl_file = acl_file
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mapperkit-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +88,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -109,6 +120,16 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                f"require_certificate {'true' if self.require_certificate else 'false'}",
+            ]
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         lines.append(self.extra_config)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(line for line in lines if line) + "\n")
@@ -132,9 +153,11 @@ class Mosquitto:
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.02)
+            else:
+                return
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout}s")
 
