@@ -21,6 +21,7 @@ def main() -> int:
     args = parser.parse_args()
     here = Path(__file__).parent
     found = sorted(p.stem[: -len("_bench")] for p in here.glob("*_bench.py"))
+    found.append("soak")  # bench/soak.py: long by design; --quick makes it a minute
     names = args.names or sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
     failed = []
     for name in names:
@@ -28,7 +29,8 @@ def main() -> int:
             print(f"no benchmark named {name!r} (have: {', '.join(found)})", file=sys.stderr)
             return 2
         print(f"\n=== {name} ===", flush=True)
-        cmd = [sys.executable, "-m", f"bench.{name}_bench"] + (["--quick"] if args.quick else [])
+        module = "bench.soak" if name == "soak" else f"bench.{name}_bench"
+        cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
         if subprocess.run(cmd, check=False).returncode != 0:
             failed.append(name)
     if failed:
