@@ -151,6 +151,7 @@ def build_acl(
             ident.read.append(topics.membership_updated(node))
         ident.write.append(topics.QUERY)
         ident.read.append(topics.QUERY_RESULT)
+        ident.read.append(f"{topics.REPLY_PREFIX}{rule.name}/#")
         ident.read.append(f"app/{rule.name}/#")
         out.append(ident)
     return out

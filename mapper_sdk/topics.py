@@ -13,6 +13,7 @@ __all__ = [
     "NODE_PREFIX",
     "QUERY",
     "QUERY_RESULT",
+    "REPLY_PREFIX",
     "DeviceTopic",
     "device_topic",
     "membership_get",
@@ -25,6 +26,8 @@ DEVICE_PREFIX = "$hw/events/device/"
 NODE_PREFIX = "$hw/events/node/"
 QUERY = "mapperkit/v1/twin/query"
 QUERY_RESULT = "mapperkit/v1/twin/query/result"
+REPLY_PREFIX = "mapperkit/v1/twin/reply/"
+"""Where :class:`twin.client.TwinClient` asks for query replies (one topic per client)."""
 
 # Suffixes after $hw/events/device/{ns}/{name}/
 TWIN_UPDATE = "twin/update"

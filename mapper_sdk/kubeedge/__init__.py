@@ -1,7 +1,8 @@
 """KubeEdge mode: a Mapperkit mapper driven by edgecore over the DMI v1beta1 gRPC API.
 
 Needs the ``kubeedge`` extra (``pip install mapperkit[kubeedge]``: grpcio and
-protobuf). The parts:
+protobuf), except :mod:`.options`, which ``mapperkit run`` imports to offer
+``--kubeedge`` either way. The parts:
 
 * :mod:`.convert`: DMI Device/DeviceModel messages to and from the YAML-shaped
   documents Mapperkit's loader reads;
@@ -12,34 +13,31 @@ protobuf). The parts:
 * :mod:`.catalog` and :mod:`.server`: the ``DeviceMapperService`` edgecore calls;
 * :mod:`.runner`: :class:`KubeEdgeMapper` and ``mapperkit run --kubeedge``;
 * ``v1beta1/``: stubs generated from ``proto/api.proto`` (see :mod:`.regenerate`).
+
+The names below are imported on first use, so importing this package (or
+:mod:`.options`) does not need grpc.
 """
 
-try:
-    import grpc  # noqa: F401
-    from google.protobuf import any_pb2  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "KubeEdge mode needs grpcio and protobuf: pip install 'mapperkit[kubeedge]'"
-    ) from exc
+from __future__ import annotations
 
-from .catalog import DeviceCatalog, ModelMissing
-from .client import DmiClient, Registrar
-from .convert import decode_any, decode_config, device_to_doc, model_to_doc
-from .runner import (
-    KubeEdgeMapper,
-    KubeEdgeOptions,
-    add_kubeedge_options,
-    options_from_args,
-    run_kubeedge,
-)
-from .server import DmiServer
-from .twin import (
-    DmiTwinReporter,
-    EdgecoreRejected,
-    EdgecoreUnavailable,
-    ReportBudget,
-    TokenBucket,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .options import add_kubeedge_options
+
+if TYPE_CHECKING:
+    from .catalog import DeviceCatalog, ModelMissing
+    from .client import DmiClient, Registrar
+    from .convert import decode_any, decode_config, device_to_doc, model_to_doc
+    from .runner import KubeEdgeMapper, KubeEdgeOptions, options_from_args, run_kubeedge
+    from .server import DmiServer
+    from .twin import (
+        DmiTwinReporter,
+        EdgecoreRejected,
+        EdgecoreUnavailable,
+        ReportBudget,
+        TokenBucket,
+    )
 
 __all__ = [
     "DeviceCatalog",
@@ -62,3 +60,33 @@ __all__ = [
     "options_from_args",
     "run_kubeedge",
 ]
+
+_WHERE = {
+    "DeviceCatalog": "catalog",
+    "ModelMissing": "catalog",
+    "DmiClient": "client",
+    "Registrar": "client",
+    "decode_any": "convert",
+    "decode_config": "convert",
+    "device_to_doc": "convert",
+    "model_to_doc": "convert",
+    "KubeEdgeMapper": "runner",
+    "KubeEdgeOptions": "runner",
+    "options_from_args": "runner",
+    "run_kubeedge": "runner",
+    "DmiServer": "server",
+    "DmiTwinReporter": "twin",
+    "EdgecoreRejected": "twin",
+    "EdgecoreUnavailable": "twin",
+    "ReportBudget": "twin",
+    "TokenBucket": "twin",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _deps  # noqa: F401 - the installation hint when grpc is missing
+
+    return getattr(import_module(f".{module}", __name__), name)

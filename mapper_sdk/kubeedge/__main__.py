@@ -1,7 +1,8 @@
 """``python -m mapper_sdk.kubeedge``: the KubeEdge-mode mapper without the ``mapperkit`` CLI.
 
 Takes the options of ``mapperkit run --kubeedge`` (``--kubeedge`` itself is
-implied) plus the MQTT options for pushMethod sinks and ``--log-level``.
+implied): the MQTT options for pushMethod sinks, the management API's
+``--http-*`` options and ``--log-level``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from ..api import add_api_options
 from ..cli import add_broker_options, setup_logging
 from ..errors import ConfigError, MapperError
 from .runner import add_kubeedge_options, run_kubeedge
@@ -22,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Serve the devices edgecore hands over KubeEdge's DMI.",
     )
     add_broker_options(parser)
+    add_api_options(parser)
     add_kubeedge_options(parser)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

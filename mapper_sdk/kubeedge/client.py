@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 
 from ..runtime.backoff import Backoff
-from .twin import EdgecoreRejected, EdgecoreUnavailable, TokenBucket
+from .twin import EdgecoreRejected, EdgecoreUnavailable, TokenBucket, checkpoint
 from .v1beta1 import api_pb2
 
 __all__ = ["MANAGER_SERVICE", "DmiClient", "Registrar", "socket_target"]
@@ -74,6 +74,9 @@ class DmiClient:
             self._channel = grpc.aio.insecure_channel(
                 socket_target(self.socket_path),
                 options=[
+                    # A fresh channel must dial afresh, not reuse a shared subchannel
+                    # still backing off from the edgecore that went away.
+                    ("grpc.use_local_subchannel_pool", 1),
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.min_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", 1000),
@@ -93,6 +96,7 @@ class DmiClient:
         try:
             result: R = await self._call(method, response)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
+            checkpoint()
             code = exc.code()
             details = exc.details() or code.name
             if code in _UNREACHABLE:
@@ -268,6 +272,7 @@ class Registrar:
 
     async def _run(self) -> None:
         while True:
+            checkpoint()
             ident = await self._wait_for_socket()
             self._lost.clear()
             response = await self._register()

@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
@@ -31,9 +31,16 @@ from typing import Any, Self
 from ..driver import Driver, Resources
 from ..mqtt import MqttSettings
 from ..runtime import Mapper, MapperOptions
+from . import _deps  # noqa: F401 - before .catalog: a clear error without the extra
 from .catalog import DeviceCatalog
 from .client import DmiClient, Registrar
 from .health import HealthServer
+from .options import (
+    DEFAULT_DMI_SOCKET,
+    DEFAULT_HEALTH_PORT,
+    add_kubeedge_options,
+    default_mapper_socket,
+)
 from .server import DmiServer
 from .twin import DmiTwinReporter, ReportBudget, TokenBucket
 from .v1beta1 import api_pb2
@@ -52,14 +59,7 @@ __all__ = [
 
 log = logging.getLogger("mapper_sdk.kubeedge")
 
-DEFAULT_DMI_SOCKET = "/etc/kubeedge/dmi.sock"
-DEFAULT_HEALTH_PORT = 7778
 API_VERSION = "v1beta1"
-
-
-def default_mapper_socket(protocol: str) -> Path:
-    """Where the mapper of ``protocol`` listens unless told otherwise."""
-    return Path(f"/etc/kubeedge/mapperkit-{protocol}.sock")
 
 
 def load_driver(protocol: str) -> type[Driver[Any, Any]]:
@@ -207,10 +207,15 @@ class KubeEdgeMapper:
             services.append(self.health)
         return services
 
-    async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM, then stop cleanly."""
+    async def serve_forever(
+        self, services: Sequence[contextlib.AbstractAsyncContextManager[Any]] = ()
+    ) -> None:
+        """Run until SIGINT/SIGTERM, then stop cleanly.
+
+        ``services`` (the management API ...) run beside the DMI server.
+        """
         async with self.client, self.reporter:
-            await self.mapper.serve_forever(services=self._services())
+            await self.mapper.serve_forever(services=[*self._services(), *services])
 
     async def __aenter__(self) -> Self:
         if self._stack is not None:
@@ -236,67 +241,6 @@ class KubeEdgeMapper:
 
 
 # --------------------------------------------------------------------------- command line
-def add_kubeedge_options(parser: argparse.ArgumentParser) -> None:
-    """Add the ``--kubeedge`` options to ``mapperkit run``'s parser.
-
-    ``--broker`` is added only when the parser has no such option yet.
-    """
-    g = parser.add_argument_group("KubeEdge (DMI)")
-    g.add_argument(
-        "--kubeedge",
-        action="store_true",
-        help="take devices from edgecore over KubeEdge's DMI instead of files",
-    )
-    g.add_argument(
-        "--protocol",
-        default=os.environ.get("MAPPERKIT_PROTOCOL", "modbus"),
-        help="the one protocol this process serves (default: $MAPPERKIT_PROTOCOL or modbus)",
-    )
-    g.add_argument(
-        "--dmi-socket",
-        default=os.environ.get("MAPPERKIT_DMI_SOCKET", DEFAULT_DMI_SOCKET),
-        help=f"edgecore's DMI socket (default: $MAPPERKIT_DMI_SOCKET or {DEFAULT_DMI_SOCKET})",
-    )
-    g.add_argument(
-        "--mapper-socket",
-        default=os.environ.get("MAPPERKIT_MAPPER_SOCKET"),
-        help="this mapper's socket (default: /etc/kubeedge/mapperkit-<protocol>.sock)",
-    )
-    g.add_argument(
-        "--mapper-name", help="the name registered with edgecore (default: mapperkit-<protocol>)"
-    )
-    g.add_argument(
-        "--dmi-rate",
-        type=float,
-        default=1.0,
-        help="DMI calls per second to edgecore, sustained (default 1.0; edgecore allows 1 "
-        "for all mappers of a node together)",
-    )
-    g.add_argument(
-        "--dmi-burst",
-        type=int,
-        default=100,
-        help="DMI calls allowed at once after a quiet spell (default 100, edgecore's burst)",
-    )
-    g.add_argument(
-        "--health-host",
-        default=os.environ.get("MAPPERKIT_HEALTH_HOST", "127.0.0.1"),
-        help="address of /healthz and /readyz (default 127.0.0.1)",
-    )
-    g.add_argument(
-        "--health-port",
-        type=int,
-        default=int(os.environ.get("MAPPERKIT_HEALTH_PORT", DEFAULT_HEALTH_PORT)),
-        help=f"port of /healthz and /readyz; 0 turns them off (default {DEFAULT_HEALTH_PORT})",
-    )
-    with contextlib.suppress(argparse.ArgumentError):
-        parser.add_argument(
-            "--broker",
-            default=os.environ.get("MAPPERKIT_BROKER"),
-            help="MQTT broker for pushMethod.mqtt sinks without an address of their own",
-        )
-
-
 def _broker(args: argparse.Namespace) -> MqttSettings | None:
     url = getattr(args, "broker", None)
     if not url:
@@ -338,6 +282,14 @@ async def run_kubeedge(args: argparse.Namespace) -> int:
     """
     options = options_from_args(args)
     mapper = KubeEdgeMapper(options)
+    services: list[contextlib.AbstractAsyncContextManager[Any]] = []
+    if hasattr(args, "http_port"):
+        # `mapperkit run` offers the management API (REST, /metrics) in this mode too.
+        from ..api import api_from_args
+
+        api = api_from_args(mapper.mapper, args)
+        if api is not None:
+            services.append(api)
     log.info(
         "event=kubeedge-starting protocol=%s dmi=%s socket=%s budget=%g/s burst=%d",
         options.protocol,
@@ -346,5 +298,5 @@ async def run_kubeedge(args: argparse.Namespace) -> int:
         options.budget.rate,
         options.budget.burst,
     )
-    await mapper.serve_forever()
+    await mapper.serve_forever(services)
     return 0

@@ -13,7 +13,8 @@ mapper on the node; a call over the limit fails with "too many request". So
 * calls leave within a local :class:`TokenBucket` (configurable, default the
   edgecore limit); a "too many request" answer empties it, since other mappers
   share edgecore's bucket;
-* state changes and desired-write echoes go before periodic reports;
+* state changes and desired-write echoes go first, then twin reports, and
+  periodic repeats of an unchanged state last;
 * states are reported only for devices whose state reporting is on, and only
   the states edgecore accepts (``online``, ``offline``, ``ok``, ``unknown``,
   ``unhealthy``).
@@ -50,12 +51,25 @@ __all__ = [
     "ReportBudget",
     "ReporterStats",
     "TokenBucket",
+    "checkpoint",
 ]
 
 log = logging.getLogger("mapper_sdk.kubeedge")
 
 ACCEPTED_STATES = frozenset({"online", "offline", "ok", "unknown", "unhealthy"})
 """The device states edgecore's DMI server accepts."""
+
+
+def checkpoint() -> None:
+    """Raise ``CancelledError`` if the current task is being cancelled.
+
+    A library may turn a cancellation into an ordinary error (a gRPC call
+    cancelled mid-flight ends as ``CANCELLED``); loops call this so that a task
+    asked to stop always stops.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class EdgecoreUnavailable(MapperError):
@@ -164,6 +178,9 @@ class ReporterStats:
     """States not reported because edgecore does not accept them."""
 
 
+URGENT, TWINS, REPEAT = 0, 1, 2
+"""Priorities: state changes and desired-write echoes; twin reports; unchanged states."""
+
 _Kind = Literal["status", "state"]
 _Key = tuple[_Kind, str]
 
@@ -213,8 +230,8 @@ class DmiTwinReporter:
         self._twins: dict[str, _TwinEntry] = {}
         self._states: dict[str, tuple[DeviceSpec[Any, Any], str]] = {}
         self._last_state: dict[str, str] = {}
-        self._urgent: OrderedDict[_Key, None] = OrderedDict()
-        self._normal: OrderedDict[_Key, None] = OrderedDict()
+        # Waiting reports by priority: URGENT, TWINS, REPEAT (see _enqueue).
+        self._queues: tuple[OrderedDict[_Key, None], ...] = tuple(OrderedDict() for _ in range(3))
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -246,7 +263,7 @@ class DmiTwinReporter:
                 format_text(value, prop.type),
                 reading.source_timestamp or reading.timestamp,
             )
-        self._enqueue(("status", device.id), urgent=bool(acks))
+        self._enqueue(("status", device.id), URGENT if acks else TWINS)
 
     def report_state(self, device: DeviceSpec[Any, Any], state: DeviceState) -> None:
         """Record a device's state; only the newest waiting one is sent."""
@@ -257,7 +274,8 @@ class DmiTwinReporter:
             self.stats.dropped_states += 1
             return
         self._states[device.id] = (device, text)
-        self._enqueue(("state", device.id), urgent=self._last_state.get(device.id) != text)
+        changed = self._last_state.get(device.id) != text
+        self._enqueue(("state", device.id), URGENT if changed else REPEAT)
 
     def forget(self, device_id: str) -> None:
         """Drop everything waiting for a device that is no longer served."""
@@ -265,28 +283,27 @@ class DmiTwinReporter:
         self._states.pop(device_id, None)
         self._last_state.pop(device_id, None)
         for key in (("status", device_id), ("state", device_id)):
-            self._urgent.pop(key, None)
-            self._normal.pop(key, None)
+            for queue in self._queues:
+                queue.pop(key, None)
 
-    def _enqueue(self, key: _Key, *, urgent: bool) -> None:
-        if key in self._urgent:
-            self.stats.coalesced += 1
-        elif key in self._normal:
-            self.stats.coalesced += 1
-            if urgent:
-                del self._normal[key]
-                self._urgent[key] = None
-        elif urgent:
-            self._urgent[key] = None
+    def _enqueue(self, key: _Key, tier: int) -> None:
+        """Queue ``key`` once; a waiting key keeps its place, or moves up a tier."""
+        for current, queue in enumerate(self._queues):
+            if key in queue:
+                self.stats.coalesced += 1
+                if tier < current:
+                    del queue[key]
+                    self._queues[tier][key] = None
+                break
         else:
-            self._normal[key] = None
+            self._queues[tier][key] = None
         self._idle.clear()
         self._wake.set()
 
     @property
     def pending(self) -> int:
         """Reports waiting to be sent."""
-        return len(self._urgent) + len(self._normal)
+        return sum(len(queue) for queue in self._queues)
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -323,7 +340,7 @@ class DmiTwinReporter:
 
     # ---- sending -----------------------------------------------------------------------
     def _next(self) -> _Key | None:
-        for queue in (self._urgent, self._normal):
+        for queue in self._queues:
             if queue:
                 key, _ = queue.popitem(last=False)
                 return key
@@ -331,6 +348,7 @@ class DmiTwinReporter:
 
     async def _run(self) -> None:
         while True:
+            checkpoint()
             if not self.pending:
                 self._idle.set()
                 self._wake.clear()
@@ -443,7 +461,8 @@ class DmiTwinReporter:
             self._states.setdefault(device_id, state)
         elif device_id not in self._twins:
             return  # forgotten meanwhile
-        if key in self._urgent or key in self._normal:
+        if any(key in queue for queue in self._queues):
             return
-        self._urgent[key] = None
-        self._urgent.move_to_end(key, last=False)
+        urgent = self._queues[URGENT]
+        urgent[key] = None
+        urgent.move_to_end(key, last=False)

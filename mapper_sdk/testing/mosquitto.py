@@ -103,6 +103,7 @@ class Mosquitto:
                 else ["persistence false"]
             ),
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             "max_inflight_messages 0",
             # Root would be dropped to the `mosquitto` user, which may not read our files.
             "user root" if os.geteuid() == 0 else "",

@@ -39,6 +39,7 @@ from typing import Any
 
 from asyncua import ua
 
+from mapper_sdk.codec import shortest_float32
 from mapper_sdk.driver import Quality, Reading
 from mapper_sdk.errors import WriteRejected
 from mapper_sdk.model import PropertyType, Value
@@ -161,8 +162,12 @@ def reading_from_datavalue(dv: ua.DataValue, ptype: PropertyType, now: int) -> R
     variant = dv.Value
     # The common case, kept short: a Good plain value with a timestamp from the wire.
     if code == 0 and variant is not None and type(variant.Value) in _PLAIN:
+        plain = variant.Value
+        if variant.VariantType is ua.VariantType.Float and type(plain) is float:
+            # A Float travels as float32: report the decimal it was written as.
+            plain = shortest_float32(plain)
         return Reading(
-            variant.Value,
+            plain,
             Quality.GOOD,
             now,
             datetime_ms(moment) if moment is not None else None,

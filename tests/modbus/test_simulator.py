@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import subprocess
@@ -15,7 +16,7 @@ from pymodbus.framer import FramerType
 
 from mapper_sdk.cli import build_parser
 from simulators.modbus import Fault, ModbusSimulator, load_profile
-from simulators.modbus.cli import run
+from simulators.modbus.cli import register, run
 from simulators.modbus.profile import Point, decode_value, encode_value
 from simulators.modbus.server import LivePoint
 
@@ -285,11 +286,16 @@ async def test_drop_and_restart_keep_the_port_and_values() -> None:
 
 
 def test_sim_command_is_registered() -> None:
-    args = build_parser().parse_args(
-        ["sim", "modbus", "--profile", "thermostat", "--port", "0", "--framing", "rtu"]
-    )
-    assert args.func is run
-    assert (args.profile, args.port, args.framing) == ("thermostat", 0, "rtu")
+    argv = ["sim", "modbus", "--profile", "thermostat", "--port", "0", "--framing", "rtu"]
+    # `mapperkit sim modbus` hands its arguments to the simulator's own parser.
+    args, extra = build_parser().parse_known_args(argv)
+    assert args.pass_through
+    assert extra == argv[2:]
+    real = argparse.ArgumentParser()
+    register(real.add_subparsers())
+    own = real.parse_args(argv[1:])
+    assert own.func is run
+    assert (own.profile, own.port, own.framing) == ("thermostat", 0, "rtu")
 
 
 async def test_standalone_process() -> None:
