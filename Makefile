@@ -22,8 +22,8 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check mapper_sdk mappers twin simulators tests bench
-	$(BIN)/ruff format --check mapper_sdk mappers twin simulators tests bench
+	$(BIN)/ruff check mapper_sdk mappers twin simulators tests bench deploy
+	$(BIN)/ruff format --check mapper_sdk mappers twin simulators tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy mapper_sdk twin mappers simulators

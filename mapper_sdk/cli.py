@@ -153,9 +153,9 @@ def run_command(sub: Subparsers) -> None:
         "-c",
         nargs="+",
         action="extend",
-        required=True,
         metavar="FILE",
-        help="Device/DeviceModel YAML (KubeEdge v1beta1 or native form); repeatable",
+        help="Device/DeviceModel YAML (KubeEdge v1beta1 or native form); repeatable "
+        "(not with --kubeedge, where edgecore hands over the devices)",
     )
     add_broker_options(p)
     p.add_argument(
@@ -178,8 +178,10 @@ def run_command(sub: Subparsers) -> None:
     )
     p.add_argument("--log-level", default="info")
     from .api import add_api_options
+    from .kubeedge.options import add_kubeedge_options
 
     add_api_options(p)
+    add_kubeedge_options(p)
     p.set_defaults(func=_run)
 
 
@@ -188,6 +190,14 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import Mapper, MapperOptions
 
     setup_logging(args.log_level)
+    if args.kubeedge:
+        if args.config:
+            raise ConfigError("--kubeedge takes its devices from edgecore; drop --config")
+        from .kubeedge.runner import run_kubeedge
+
+        return asyncio.run(run_kubeedge(args))
+    if not args.config:
+        raise ConfigError("give the device files with --config FILE... (or run with --kubeedge)")
     options = MapperOptions(
         mqtt=broker_settings(args),
         outbox_path=args.outbox,

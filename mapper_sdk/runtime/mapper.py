@@ -228,11 +228,7 @@ class Mapper:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.shutdown_timeout
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.1, self.options.shutdown_timeout / 2))
+        await self._cancel_tasks("mapper[", max(0.1, self.options.shutdown_timeout / 2))
         self._tasks.clear()
         if self.twin is not None:
             for worker in self.workers.values():
@@ -264,6 +260,34 @@ class Mapper:
                 outbox.close()
             await self.resources.aclose()
             log.info("event=mapper-stopped")
+
+    async def _cancel_tasks(self, prefix: str, within: float) -> None:
+        """Cancel the tasks whose names start with ``prefix`` until they are done.
+
+        Cancelling again is deliberate: Python 3.11's ``asyncio.wait_for``, which
+        protocol libraries use, can swallow a cancellation that arrives as its
+        inner call completes, and the task then carries on.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        me = asyncio.current_task()
+        while True:
+            pending = [
+                t
+                for t in asyncio.all_tasks()
+                if t is not me and not t.done() and t.get_name().startswith(prefix)
+            ]
+            if not pending:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning(
+                    "event=shutdown-slow tasks=%s", ",".join(sorted(t.get_name() for t in pending))
+                )
+                return
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=min(0.25, remaining))
 
     def stop(self) -> None:
         """Ask :meth:`serve_forever` to return."""
@@ -381,8 +405,8 @@ class Mapper:
         """Stop serving a device; its driver is closed. ``KeyError`` if unknown."""
         worker = self.workers.pop(device_id)
         task = self._tasks.pop(device_id, None)
-        if task is not None:
-            task.cancel()
+        await self._cancel_tasks(f"mapper[{device_id}]", 5.0)
+        if task is not None and task.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.twin is not None and worker.spec.state_report.report_to_cloud:
@@ -404,6 +428,8 @@ class Mapper:
             await self.add_device(spec)
             return
         old = worker.spec
+        self._driver_class(spec)
+        self._plan_sinks(spec)  # a bad pushMethod fails here, before the running device stops
         if _without_desired(old) == _without_desired(spec):
             worker.spec = spec
             for new, before in zip(spec.properties, old.properties, strict=True):

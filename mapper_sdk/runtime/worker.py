@@ -368,7 +368,7 @@ class DeviceWorker:
                 props = due[0].props if len(due) == 1 else self._batch(due)
                 async with io, asyncio.timeout(timeout):
                     readings = await read(props)
-                after = loop.time()
+                    after = loop.time()
                 self.stats.record_latency(after - now)
                 fresh = self._absorb(props, readings, bool(eager))
                 self.stats.cycles += 1

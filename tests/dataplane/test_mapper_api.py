@@ -229,7 +229,8 @@ async def test_sinks_rest_api_and_metrics_of_a_running_mapper(mosquitto: Mosquit
         value("mapperkit_device_connect_failures_total", device="plant/gone", protocol="mem") >= 1
     )
     assert value("mapperkit_devices", protocol="mem") == 2
-    assert value("mapperkit_read_latency_seconds_count", protocol="mem") >= 2
+    # One latency sample per collect cycle (the API's live read is not a cycle).
+    assert value("mapperkit_read_latency_seconds_count", protocol="mem") >= 1
     assert value("mapperkit_read_latency_seconds_bucket", protocol="mem", le="+Inf") == value(
         "mapperkit_read_latency_seconds_count", protocol="mem"
     )
