@@ -282,7 +282,9 @@ def _type_name(ann: Any, page: _Page) -> str:
         parts = [_type_name(a, page) for a in args if a is not type(None)]
         return " or ".join(dict.fromkeys(parts))
     if origin is typing.Literal:
-        values = ", ".join(f"`{_yaml(v)}`" for v in args)
+        # typing caches equal Literals (compared as sets), so get_args may return the
+        # order of another module's Literal imported first: sort to stay reproducible.
+        values = ", ".join(f"`{_yaml(v)}`" for v in sorted(args, key=str))
         return values if len(args) == 1 else f"one of {values}"
     if isinstance(ann, type) and issubclass(ann, enum.Enum):
         return "one of " + ", ".join(f"`{_yaml(m.value)}`" for m in ann)
