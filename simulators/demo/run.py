@@ -132,7 +132,7 @@ def _broker(choice: str) -> Iterator[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- devices
-def _example_documents(ports: dict[str, Any]) -> list[dict[str, Any]]:
+def example_documents(ports: dict[str, Any]) -> list[dict[str, Any]]:
     """The example YAML, with the simulators' addresses put in."""
     if not EXAMPLES.is_dir():
         raise ConfigError(
@@ -196,7 +196,7 @@ async def run_demo(options: DemoOptions) -> int:
                     + ", ".join(f"{p.name} ({p.address})" for p in peripherals)
                     + " on a virtual radio"
                 )
-                docs = _example_documents(
+                docs = example_documents(
                     {
                         "energy-meter-1": {"port": meter.port},
                         "thermostat-living-room": {"port": thermostat.port},
