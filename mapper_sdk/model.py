@@ -680,6 +680,12 @@ class NativeFileDoc(_Schema):
     )
 
 
+class _NativeFileShape(_Schema):
+    """The outline of a native file; each device is validated when it is resolved."""
+
+    devices: list[dict[str, Any]]
+
+
 def _reject_duplicates(names: Iterable[str]) -> None:
     seen: set[str] = set()
     for name in names:
@@ -846,8 +852,18 @@ def _format_validation(exc: ValidationError, prefix: str, path_prefix: str = "")
 
 @dataclass(slots=True)
 class _RawDevice:
+    """A device document kept as parsed YAML until it is resolved.
+
+    Validating each device right before resolving it (rather than all of them
+    first) keeps the transient pydantic documents of one device alive at a time,
+    which matters for files with thousands of devices.
+    """
+
     where: str
-    doc: DeviceDoc | NativeDeviceDoc
+    data: dict[str, Any]
+    native: bool
+    error_where: str
+    error_path: str
 
 
 def load_text(
@@ -952,11 +968,13 @@ def _parse_documents(
             )
         if "devices" in doc and "kind" not in doc:
             try:
-                native = NativeFileDoc.model_validate(doc)
+                native = _NativeFileShape.model_validate(doc)
             except ValidationError as exc:
                 raise _format_validation(exc, where) from None
             for i, dev in enumerate(native.devices):
-                raw.append(_RawDevice(f"{where} (devices[{i}] {dev.name})", dev))
+                name = dev.get("name")
+                label = f"{where} (devices[{i}] {name})" if isinstance(name, str) else where
+                raw.append(_RawDevice(label, dev, True, where, f"devices[{i}]"))
             continue
         kind = doc.get("kind")
         name = (
@@ -991,7 +1009,7 @@ def _parse_documents(
                     properties={p.name: p for p in model_doc.spec.properties},
                 )
             else:
-                raw.append(_RawDevice(label, DeviceDoc.model_validate(doc)))
+                raw.append(_RawDevice(label, doc, False, label, ""))
         except ValidationError as exc:
             raise _format_validation(exc, label) from None
 
@@ -1012,7 +1030,14 @@ def _resolve(
     inventory = Inventory(models=models)
     seen: dict[str, str] = {}
     for item in raw:
-        doc = item.doc
+        doc: DeviceDoc | NativeDeviceDoc
+        try:
+            if item.native:
+                doc = NativeDeviceDoc.model_validate(item.data)
+            else:
+                doc = DeviceDoc.model_validate(item.data)
+        except ValidationError as exc:
+            raise _format_validation(exc, item.error_where, item.error_path) from None
         if isinstance(doc, DeviceDoc):
             ident = f"{doc.metadata.namespace}/{doc.metadata.name}"
             protocol = doc.spec.protocol.protocolName

@@ -5,10 +5,10 @@ A protocol package registers its driver class in its ``pyproject.toml``::
     [project.entry-points."mapper_sdk.drivers"]
     myproto = "my_package:MyDriver"
 
-Each entry is loaded and checked when the registry is built (the class is a
-:class:`~mapper_sdk.driver.Driver` subclass whose ``protocol`` matches the entry
-name and whose config classes are pydantic models), so a broken plugin is
-reported once, with its distribution, instead of failing on first use.
+Each entry is loaded and checked when its protocol is first needed (the class
+is a :class:`~mapper_sdk.driver.Driver` subclass whose ``protocol`` matches the
+entry name and whose config classes are pydantic models); a broken plugin is
+reported once, with its distribution, and treated as not installed.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def _check(name: str, obj: Any) -> type[Driver[Any, Any]]:
 class Registry(Mapping[str, type[Driver[Any, Any]]]):
     """The installed drivers, by protocol name. A mapping of the loadable ones.
 
+    Entry points are read at once, but a driver's module is imported only when
+    its protocol is first looked up, so a mapper serving Modbus devices does not
+    import the OPC-UA or BLE libraries. :meth:`infos` loads (and checks) them all.
+
     Args:
         drivers: explicit driver classes; when given, entry points are not read
             (tests and embedded use inject drivers this way).
@@ -74,6 +78,7 @@ class Registry(Mapping[str, type[Driver[Any, Any]]]):
 
     def __init__(self, drivers: Mapping[str, type[Driver[Any, Any]]] | None = None) -> None:
         self._infos: dict[str, DriverInfo] = {}
+        self._entry_points: dict[str, EntryPoint] = {}
         if drivers is not None:
             for name, cls in drivers.items():
                 checked = _check(name, cls)
@@ -81,11 +86,8 @@ class Registry(Mapping[str, type[Driver[Any, Any]]]):
                     name, f"{cls.__module__}:{cls.__qualname__}", None, None, checked
                 )
         else:
-            self._discover()
-
-    def _discover(self) -> None:
-        for ep in entry_points(group=DRIVER_GROUP):
-            self._infos[ep.name] = self._load(ep)
+            for ep in entry_points(group=DRIVER_GROUP):
+                self._entry_points[ep.name] = ep
 
     @staticmethod
     def _load(ep: EntryPoint) -> DriverInfo:
@@ -99,25 +101,46 @@ class Registry(Mapping[str, type[Driver[Any, Any]]]):
             return DriverInfo(ep.name, ep.value, dist, version, None, reason)
         return DriverInfo(ep.name, ep.value, dist, version, cls)
 
+    def _info(self, protocol: str) -> DriverInfo | None:
+        info = self._infos.get(protocol)
+        if info is None:
+            ep = self._entry_points.get(protocol)
+            if ep is None:
+                return None
+            info = self._infos[protocol] = self._load(ep)
+        return info
+
     def infos(self) -> list[DriverInfo]:
-        """Every entry, loadable or not, sorted by protocol."""
+        """Every entry, loadable or not, sorted by protocol (loads every driver)."""
+        for name in self._entry_points:
+            self._info(name)
         return [self._infos[k] for k in sorted(self._infos)]
 
     def get_driver(self, protocol: str) -> type[Driver[Any, Any]]:
         """The driver for ``protocol``, or :class:`DriverNotFound` naming what is installed."""
-        info = self._infos.get(protocol)
+        info = self._info(protocol)
         if info is None or info.driver is None:
             raise DriverNotFound(protocol, list(self))
         return info.driver
 
     def __getitem__(self, protocol: str) -> type[Driver[Any, Any]]:
-        info = self._infos.get(protocol)
+        info = self._info(protocol)
         if info is None or info.driver is None:
             raise KeyError(protocol)
         return info.driver
 
+    def __contains__(self, protocol: object) -> bool:
+        if not isinstance(protocol, str):
+            return False
+        info = self._info(protocol)
+        return info is not None and info.driver is not None
+
     def __iter__(self) -> Iterator[str]:
-        return (k for k, v in self._infos.items() if v.driver is not None)
+        """Protocol names installed (a broken plugin is named until it fails to load)."""
+        names = set(self._entry_points) | set(self._infos)
+        return iter(
+            sorted(n for n in names if n not in self._infos or self._infos[n].driver is not None)
+        )
 
     def __len__(self) -> int:
-        return sum(1 for v in self._infos.values() if v.driver is not None)
+        return sum(1 for _ in self)

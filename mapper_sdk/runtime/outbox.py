@@ -73,6 +73,7 @@ class Outbox:
         self.window = window
         self._mem: collections.deque[Message] = collections.deque()
         self._stored = 0
+        self._inflight = 0
         self._wake = asyncio.Event()
         self.sent = 0
         self.dropped = 0
@@ -103,9 +104,12 @@ class Outbox:
                 return
             self._drop_one_oldest()
         message = (topic, payload, qos, retain)
-        if self._stored or not self.link.connected:
+        if self._stored or not (self.link.connected or self._mem or self._inflight):
             self._store([message])
         else:
+            # Older messages are still in memory, or on their way back to it from a
+            # batch the broker did not acknowledge: this one waits behind them, and
+            # the sender moves them all to the store in order.
             self._mem.append(message)
         self._wake.set()
 
@@ -157,14 +161,22 @@ class Outbox:
                 await self._wake.wait()
                 continue
             batch = [self._mem.popleft() for _ in range(min(self.window, len(self._mem)))]
+            self._inflight = len(batch)
             try:
                 acked = await self.link.publish_batch(batch)
             except LinkDown:
                 acked = 0
+            except asyncio.CancelledError:
+                # Stopping: what may not have been acknowledged is kept (sent again later).
+                self._mem.extendleft(reversed(batch))
+                raise
+            finally:
+                self._inflight = 0
             self.sent += acked
             if acked < len(batch):
                 self._mem.extendleft(reversed(batch[acked:]))
                 self._spill_memory()
+                await self._pause()
 
     async def _drain_store(self) -> None:
         rows = self._db.execute(
@@ -178,15 +190,21 @@ class Outbox:
         try:
             acked = await self.link.publish_batch(batch)
         except LinkDown:
+            await self._pause()
             return
         if acked:
             self._db.execute("DELETE FROM outbox WHERE seq <= ?", (rows[acked - 1][0],))
             self._stored -= acked
             self.sent += acked
 
+    async def _pause(self) -> None:
+        """After a failed publish: give the link a moment to notice it is down."""
+        if self.link.connected:
+            await asyncio.sleep(0.05)
+
     async def flush(self) -> None:
         """Wait until everything queued so far was acknowledged (while connected)."""
-        while self.depth and self.link.connected:  # noqa: ASYNC110 - only used at shutdown
+        while (self.depth or self._inflight) and self.link.connected:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
