@@ -169,18 +169,24 @@ def read_json_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[s
 
 # --------------------------------------------------------------------------- roles
 def role_simulator(profile_path: str) -> int:
-    """A Modbus simulator process (prints its port)."""
+    """A simulator process: one Modbus TCP server per unit of the profile (each device has
+    its own address, as separate Modbus TCP devices do); prints the ports."""
     from simulators.modbus.profile import load_profile
     from simulators.modbus.server import ModbusSimulator
 
     async def main() -> None:
-        sim = ModbusSimulator(load_profile(profile_path), port=0)
-        await sim.start()
-        print(json.dumps({"port": sim.port}), flush=True)
+        profile = load_profile(profile_path)
+        sims = []
+        for unit in profile.units:
+            sim = ModbusSimulator({"name": f"unit-{unit.id}", "units": [unit]}, port=0)
+            await sim.start()
+            sims.append(sim)
+        print(json.dumps({"ports": [s.port for s in sims]}), flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        await sim.stop()
+        for sim in sims:
+            await sim.stop()
 
     asyncio.run(main())
     return 0
@@ -283,46 +289,44 @@ def role_mapper(config: str, broker_port: int, seconds: float, warmup: float) ->
     return 0
 
 
-def role_bare_modbus(
-    ports: str, devices: int, registers: int, cycle_ms: int, seconds: float
-) -> int:
-    """Baseline: read the same registers with bare pymodbus, one request per device per cycle."""
+def role_bare_modbus(targets: str, registers: int, cycle_ms: int, seconds: float) -> int:
+    """Baseline: read the same registers with bare pymodbus, one request per device per cycle.
+
+    ``targets`` is ``port:unit,...``, one per device, each with its own connection.
+    """
     from pymodbus.client import AsyncModbusTcpClient
 
-    port_list = [int(p) for p in ports.split(",")]
+    pairs = [(int(p), int(u)) for p, u in (t.split(":") for t in targets.split(","))]
 
     async def main() -> None:
         clients = []
-        for port in port_list:
+        for port, _ in pairs:
             client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=3, retries=0)
             await client.connect()
-            clients.append((client, asyncio.Lock()))
-        per = devices // len(port_list)
+            clients.append(client)
         points = 0
         deadline = time.monotonic() + seconds
         cpu0, t0 = own_cpu(), time.monotonic()
 
         async def loop(n: int) -> None:
             nonlocal points
-            client, lock = clients[min(n // per, len(clients) - 1)]
-            unit = n % per + 1
+            client, unit = clients[n], pairs[n][1]
             due = time.monotonic()
             while due < deadline:
-                async with lock:
-                    resp = await client.read_holding_registers(0, count=registers, device_id=unit)
+                resp = await client.read_holding_registers(0, count=registers, device_id=unit)
                 points += len(resp.registers)
                 due += cycle_ms / 1000.0
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
 
         async with asyncio.TaskGroup() as tg:
-            for n in range(devices):
+            for n in range(len(pairs)):
                 tg.create_task(loop(n))
         elapsed = time.monotonic() - t0
         print(
             json.dumps({"points": points / elapsed, "cpu": (own_cpu() - cpu0) / elapsed}),
             flush=True,
         )
-        for client, _ in clients:
+        for client in clients:
             client.close()
 
     asyncio.run(main())
@@ -384,10 +388,10 @@ def run_workload(
         path = work / f"sim{s}.yaml"
         path.write_text(yaml.safe_dump(sim_profile(units, registers)))
         proc = start_role("--role", "simulator", "--profile", str(path))
-        port = int(read_json_line(proc)["port"])
+        unit_ports = [int(p) for p in read_json_line(proc)["ports"]]
         sim_procs.append(proc)
-        ports.append(port)
-        assignment += [(port, u) for u in units]
+        ports.extend(unit_ports)
+        assignment += list(zip(unit_ports, units, strict=True))
     config = work / "devices.yaml"
     config.write_text(kubeedge_yaml(assignment, registers, cycle_ms))
     out: dict[str, Any] = {"requested": requested}
@@ -461,9 +465,7 @@ def run_workload(
             "--role",
             "bare-modbus",
             "--ports",
-            ",".join(map(str, ports)),
-            "--devices",
-            str(devices),
+            ",".join(f"{p}:{u}" for p, u in assignment),
             "--registers",
             str(registers),
             "--cycle",
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "mapper":
         return role_mapper(args.config, args.port, args.seconds, args.warmup)
     if args.role == "bare-modbus":
-        return role_bare_modbus(args.ports, args.devices, args.registers, args.cycle, args.seconds)
+        return role_bare_modbus(args.ports, args.registers, args.cycle, args.seconds)
     if args.role == "bare-mqtt":
         return role_bare_mqtt(args.port, args.rate, args.size, args.seconds)
     seconds = 5.0 if args.quick else args.seconds

@@ -358,6 +358,17 @@ class MqttLink:
         client = self._client
         if client is None or not self.up.is_set():
             raise LinkDown(f"broker {self.settings.url} is not connected")
+        if self._lean:
+            ack = self.send_nowait(
+                topic,
+                payload if isinstance(payload, bytes) else payload.encode(),
+                qos,
+                retain,
+                properties,
+            )
+            if ack is not None:
+                await ack
+            return
         publish = asyncio.ensure_future(
             client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         )
@@ -449,53 +460,51 @@ class MqttLink:
         acks, self._acks = self._acks, {}
         for fut in acks.values():
             if not fut.done():
-                fut.cancel()
+                fut.set_exception(
+                    LinkDown(f"broker {self.settings.url} went away before acknowledging")
+                )
+                fut.add_done_callback(_retrieve)
 
-    async def _publish_lean(self, messages: Sequence[tuple[str, bytes, int, bool]]) -> int:
+    def send_nowait(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Any = None
+    ) -> asyncio.Future[None] | None:
+        """Hand one message to the connection now; the future of its PUBACK, or ``None``.
+
+        ``None`` means nothing is to be waited for (QoS 0, or already acknowledged).
+        Messages handed over in a row go out in that order. Raises
+        :class:`LinkDown` when the link is down; the future fails with
+        :class:`LinkDown` if the connection drops before the broker acknowledged.
+        """
         client = self._paho()
         if client is None:
             raise LinkDown(f"broker {self.settings.url} is not connected")
-        loop = asyncio.get_running_loop()
-        acks = self._acks
-        waits: list[tuple[int, asyncio.Future[None] | None]] = []
+        info = client.publish(topic, payload, qos, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"broker {self.settings.url}: publish refused ({info.rc})")
+        if qos == 0 or info.is_published():
+            return None
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = ack
+        return ack
+
+    async def _publish_lean(self, messages: Sequence[tuple[str, bytes, int, bool]]) -> int:
+        acks: list[asyncio.Future[None] | None] = []
         for topic, payload, qos, retain in messages:
-            info = client.publish(topic, payload, qos, retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                if not waits:
-                    # The connection is gone, though the link has not noticed yet.
-                    raise LinkDown(f"broker {self.settings.url}: publish refused ({info.rc})")
-                break
-            if qos == 0:
-                waits.append((info.mid, None))
-                continue
-            if info.is_published():  # acknowledged already, before we got here
-                waits.append((info.mid, None))
-                continue
-            ack: asyncio.Future[None] = loop.create_future()
-            acks[info.mid] = ack
-            waits.append((info.mid, ack))
-        pending = [f for _, f in waits if f is not None]
-        if pending:
-            everything = asyncio.gather(*pending, return_exceptions=True)
-            everything.add_done_callback(_retrieve)
-            down = asyncio.ensure_future(self._down.wait())
             try:
-                await asyncio.wait((everything, down), return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                everything.cancel()
-                raise
-            finally:
-                down.cancel()
-            if not everything.done():
-                everything.cancel()
+                acks.append(self.send_nowait(topic, payload, qos, retain))
+            except LinkDown:
+                if not acks:
+                    raise
+                break
+        pending = [a for a in acks if a is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         acked = 0
-        for _mid, waited in waits:
-            if waited is None or (waited.done() and not waited.cancelled()):
+        for ack in acks:
+            if ack is None or ack.exception() is None:
                 acked += 1
             else:
                 break
-        for mid, _fut in waits[acked:]:
-            acks.pop(mid, None)
         if any(m[2] == 0 for m in messages[:acked]):
             await self.drain()
         return acked
@@ -510,6 +519,11 @@ class MqttLink:
             return None
         inner = getattr(client, "_client", None)
         return inner if isinstance(inner, paho.Client) else None
+
+    @property
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` can take messages now (connected, lean path)."""
+        return self._lean and self._paho() is not None
 
     @property
     def can_publish_nowait(self) -> bool:
