@@ -52,7 +52,11 @@ def add_broker_options(parser: argparse.ArgumentParser, *, required: bool = Fals
         help="broker URL, mqtt://host:port or mqtts://host:port "
         "(default: $MAPPERKIT_BROKER or mqtt://127.0.0.1:1883)",
     )
-    g.add_argument("--username", default=os.environ.get("MAPPERKIT_MQTT_USERNAME"))
+    g.add_argument(
+        "--username",
+        default=os.environ.get("MAPPERKIT_MQTT_USERNAME"),
+        help="MQTT user name (default: $MAPPERKIT_MQTT_USERNAME)",
+    )
     g.add_argument(
         "--password-file",
         help="file holding the MQTT password (or set $MAPPERKIT_MQTT_PASSWORD)",
@@ -176,7 +180,7 @@ def run_command(sub: Subparsers) -> None:
         default="drop-oldest",
         help="what to drop when the outbox is full (counted in metrics)",
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
     from .api import add_api_options
     from .kubeedge.options import add_kubeedge_options
 
@@ -248,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mapperkit drivers --json | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,7 +57,9 @@ def register(sims: Any) -> None:
         default=None,
         help="stop after this many seconds (default: run until interrupted)",
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--log-level", default="info", help="debug, info (default), warning or error"
+    )
     from mapper_sdk.cli import add_broker_options
 
     add_broker_options(parser)

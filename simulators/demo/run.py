@@ -163,6 +163,10 @@ async def run_demo(options: DemoOptions) -> int:
     from twin.client import TwinClient
     from twin.service import ServiceConfig, TwinService
 
+    # Protocol libraries log their own complaints when connections close under them
+    # at shutdown; the demo shows its own events instead.
+    for noisy in ("pymodbus", "pymodbus.logging", "bumble", "asyncua"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     view = DemoView(live=options.view)
     outcome = Outcome()
     stop = asyncio.Event()
