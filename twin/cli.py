@@ -22,10 +22,18 @@ from mapper_sdk.cli import Subparsers, add_broker_options, broker_settings, setu
 from mapper_sdk.errors import ConfigError
 
 from .client import TwinClient, TwinEvent, TwinState, split_device
-from .document import Options
+from .document import (
+    DEFAULT_MAX_DEVICES,
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_PROPERTIES,
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_LIMIT,
+    Options,
+)
 from .service import ServiceConfig, TwinService
 
-__all__ = ["command"]
+__all__ = ["command", "serve_config"]
 
 log = logging.getLogger("mapperkit.twin")
 
@@ -75,12 +83,53 @@ def command(sub: Subparsers) -> None:
         action="store_true",
         help="let updates create optional twins for undeclared properties (as KubeEdge does)",
     )
-    p.add_argument(
+    limits = p.add_argument_group("Limits that protect the node (see docs/twin.md)")
+    limits.add_argument(
         "--max-payload",
         type=_positive_int,
-        default=64 * 1024,
+        default=DEFAULT_MAX_PAYLOAD,
         metavar="BYTES",
-        help="requests larger than this get 413 (default 65536)",
+        help=f"requests larger than this get 413 (default {DEFAULT_MAX_PAYLOAD})",
+    )
+    limits.add_argument(
+        "--max-properties",
+        type=_positive_int,
+        default=DEFAULT_MAX_PROPERTIES,
+        metavar="N",
+        help="most twins per device: a Device declaring more is a configuration error, an "
+        f"update creating dynamic twins beyond it gets 413 (default {DEFAULT_MAX_PROPERTIES})",
+    )
+    limits.add_argument(
+        "--max-devices",
+        type=_positive_int,
+        default=DEFAULT_MAX_DEVICES,
+        metavar="N",
+        help="most devices served: more is a configuration error at start, and a reload "
+        f"keeps the devices it had (default {DEFAULT_MAX_DEVICES})",
+    )
+    limits.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=DEFAULT_RATE_LIMIT,
+        metavar="PER_SECOND",
+        help="requests per second per device (updates, gets and state updates together); "
+        f"beyond it 429; 0 turns it off (default {DEFAULT_RATE_LIMIT:g})",
+    )
+    limits.add_argument(
+        "--rate-burst",
+        type=_positive_int,
+        default=DEFAULT_RATE_BURST,
+        metavar="N",
+        help="requests a device may make at once above --rate-limit, e.g. a mapper "
+        f"replaying its outbox after an outage (default {DEFAULT_RATE_BURST})",
+    )
+    limits.add_argument(
+        "--max-result-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_RESULT_BYTES,
+        metavar="BYTES",
+        help="most bytes in a query answer; a longer page ends early with a cursor "
+        f"(default {DEFAULT_MAX_RESULT_BYTES})",
     )
     p.add_argument(
         "--node",
@@ -152,6 +201,16 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -171,9 +230,9 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- serve
-def _serve(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    config = ServiceConfig(
+def serve_config(args: argparse.Namespace) -> ServiceConfig:
+    """The :class:`ServiceConfig` that ``mapperkit twin serve`` runs with ``args``."""
+    return ServiceConfig(
         mqtt=broker_settings(args),
         node=args.node or socket.gethostname(),
         db_path=args.db,
@@ -183,9 +242,18 @@ def _serve(args: argparse.Namespace) -> int:
             kubeedge_strict=args.kubeedge_strict,
             allow_dynamic_twins=args.allow_dynamic_twins,
             max_payload=args.max_payload,
+            max_properties=args.max_properties,
+            max_devices=args.max_devices,
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
+            max_result_bytes=args.max_result_bytes,
         ),
     )
-    asyncio.run(_serve_async(config))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    asyncio.run(_serve_async(serve_config(args)))
     return 0
 
 

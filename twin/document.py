@@ -17,6 +17,7 @@ equals ``"23.0"`` for a float).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -24,10 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mapper_sdk.codec import check_range, parse_text, values_equal
+from mapper_sdk.errors import ConfigError
 from mapper_sdk.model import DeviceSpec, PropertyType, Value
 
 __all__ = [
     "ACK_STATUSES",
+    "DEFAULT_MAX_DEVICES",
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_MAX_PROPERTIES",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_LIMIT",
     "ONLINE_STATES",
     "STATES",
     "Ack",
@@ -41,6 +49,7 @@ __all__ = [
     "TwinError",
     "UpdatePlan",
     "apply_plan",
+    "check_read",
     "decode_request",
     "device_from_spec",
     "device_row",
@@ -51,6 +60,7 @@ __all__ = [
     "plan_state",
     "plan_update",
     "rfc3339",
+    "shown",
     "sniff_event_id",
 ]
 
@@ -60,15 +70,18 @@ ACK_STATUSES: Final = ("applied", "rejected", "failed")
 PROPERTY_NAME_RE: Final = re.compile(r"^[A-Za-z0-9\-_.,:/@#]{1,128}$")
 STRICT_VALUE_RE: Final = re.compile(r"^[a-zA-Z0-9\-_.,:/@#]{1,512}$")
 MAX_REASON: Final = 1024
+INT64_MAX: Final = 2**63 - 1
 MAX_EVENT_ID: Final = 256
 SNIFF_LIMIT: Final = 1024 * 1024
 """An oversized payload is parsed for its ``event_id`` only up to this size."""
 
 _REQUEST_KEYS: Final = frozenset({"event_id", "timestamp", "version", "twin"})
 _STATE_KEYS: Final = frozenset({"event_id", "timestamp", "state"})
+_READ_KEYS: Final = frozenset({"event_id", "timestamp"})
 _TWIN_KEYS: Final = frozenset(
     {"expected", "actual", "optional", "metadata", "expected_version", "actual_version", "ack"}
 )
+_TWIN_ALLOWED: Final = ", ".join(sorted(_TWIN_KEYS))
 _SIDE_KEYS: Final = frozenset({"value", "metadata"})
 _ACK_KEYS: Final = frozenset({"expected_version", "status", "reason"})
 _VERSION_KEYS: Final = frozenset({"cloud", "edge"})
@@ -89,7 +102,7 @@ class StoredRowError(Exception):
 
 
 class TwinError(Exception):
-    """A rejected request: ``code`` is 400, 404, 409, 413 or 500, ``reason`` says why."""
+    """A rejected request: ``code`` is 400, 404, 409, 413, 429 or 500, ``reason`` says why."""
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
@@ -97,9 +110,17 @@ class TwinError(Exception):
         super().__init__(f"{code}: {reason}")
 
 
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+DEFAULT_MAX_PROPERTIES: Final = 1000
+DEFAULT_MAX_DEVICES: Final = 50_000
+DEFAULT_RATE_LIMIT: Final = 100.0
+DEFAULT_RATE_BURST: Final = 10_000
+DEFAULT_MAX_RESULT_BYTES: Final = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Service-wide processing options.
+    """Service-wide processing options and the limits that protect the node.
 
     Attributes:
         kubeedge_strict: enforce KubeEdge's value character set
@@ -107,11 +128,47 @@ class Options:
         allow_dynamic_twins: an update may create optional twins for property
             names the Device does not declare (KubeEdge's behaviour).
         max_payload: requests larger than this many bytes get 413.
+        max_properties: most twins of one device. A Device declaring more is a
+            configuration error; an update that would create dynamic twins
+            beyond it gets 413.
+        max_devices: most devices one service serves. Device files defining
+            more are a configuration error (a reload keeps the devices it had).
+        rate_limit: requests per second each device may make on average
+            (``twin/update``, ``twin/get`` and ``state/update`` together); a
+            request beyond it gets 429 and changes nothing. ``0`` turns the
+            limit off.
+        rate_burst: requests a device may make at once above ``rate_limit``
+            (the size of its token bucket, full at start).
+        max_result_bytes: most bytes in one query answer; a page that would be
+            larger ends early with a cursor for the rest.
+
+    Raises:
+        ConfigError: a limit that is not a positive number.
     """
 
     kubeedge_strict: bool = False
     allow_dynamic_twins: bool = False
-    max_payload: int = 64 * 1024
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_properties: int = DEFAULT_MAX_PROPERTIES
+    max_devices: int = DEFAULT_MAX_DEVICES
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_BURST
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_payload",
+            "max_properties",
+            "max_devices",
+            "rate_burst",
+            "max_result_bytes",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        rate = self.rate_limit
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < math.inf:
+            raise ConfigError(f"rate_limit must be a finite number of at least 0, got {rate!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +328,13 @@ class DeviceTwin:
     last_online: str = ""
     id: str = field(init=False, default="")
     """``namespace/name``."""
+    tokens: float = field(init=False, default=math.inf, repr=False)
+    """The device's request budget (a token bucket; infinite until first used, then
+    clamped to the burst)."""
+    tokens_at: float = field(init=False, default=0.0, repr=False)
+    """When ``tokens`` was last refilled (monotonic seconds)."""
+    throttled: int = field(init=False, default=0, repr=False)
+    """Requests refused with 429 since the device last had a request accepted."""
 
     def __post_init__(self) -> None:
         self.id = f"{self.namespace}/{self.name}"
@@ -376,8 +440,11 @@ def _check_seed(
         raise ValueError(f"{where} is set on a ReadOnly property")
     if opts.kubeedge_strict and not STRICT_VALUE_RE.match(text):
         raise ValueError(f"{where} is outside KubeEdge's value character set")
-    value = parse_text(text, rule.type)
-    check_range(value, rule.minimum, rule.maximum)
+    try:
+        value = parse_text(text, rule.type)
+        check_range(value, rule.minimum, rule.maximum)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     return value
 
 
@@ -499,18 +566,27 @@ def device_row(dev: DeviceTwin) -> tuple[int, str, str, str]:
 
 
 # --------------------------------------------------------------------------- requests
+class _NotStrictJson(ValueError):
+    """Raised by the decoder's hooks: a duplicate key, or NaN/Infinity (not JSON)."""
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ValueError(f"duplicate key {key!r}")
+                raise _NotStrictJson(f"payload is not valid: duplicate key {shown(key)}")
             seen.add(key)
     return out
 
 
-_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+def _no_constants(name: str) -> Any:
+    # Python's json module reads NaN, Infinity and -Infinity; RFC 8259 has no such values.
+    raise _NotStrictJson(f"payload is not JSON: {name} is not a JSON value")
+
+
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 # (json.dumps/loads with keyword arguments build a new encoder/decoder per call)
 
@@ -531,8 +607,11 @@ def decode_request(payload: bytes) -> dict[str, Any]:
         raise TwinError(
             400, f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except ValueError as exc:  # a duplicate key, from the hook
-        raise TwinError(400, f"payload is not valid: {exc}") from None
+    except _NotStrictJson as exc:
+        raise TwinError(400, str(exc)) from None
+    except ValueError:
+        # int() refuses a number of more than sys.get_int_max_str_digits() digits.
+        raise TwinError(400, "payload is not JSON: a number has too many digits") from None
     except RecursionError:
         raise TwinError(400, "payload is nested too deeply") from None
     if not isinstance(body, dict):
@@ -557,6 +636,21 @@ def sniff_event_id(payload: bytes) -> str:
     return event_id_of(body) if isinstance(body, dict) else ""
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A request value as a rejection reason shows it: scalars by ``repr``, cut to
+    about ``limit`` characters; arrays and objects by their JSON type only (a reply
+    never echoes a large or deeply nested structure back)."""
+    if isinstance(value, list | dict):
+        return _json_type(value)
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters (a message quoting a long value)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -572,7 +666,8 @@ def _json_type(value: Any) -> str:
 
 
 def _is_count(value: Any) -> bool:
-    return type(value) is int and value >= 0
+    """A non-negative int64: what other twin clients (KubeEdge's Go types) can read back."""
+    return type(value) is int and 0 <= value <= INT64_MAX
 
 
 def _check_common(body: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
@@ -584,11 +679,11 @@ def _check_common(body: Mapping[str, Any], allowed: frozenset[str], what: str) -
     for key in body:
         if key not in allowed:
             raise TwinError(
-                400, f"unknown field {key!r} in {what} (allowed: {', '.join(sorted(allowed))})"
+                400, f"unknown field {shown(key)} in {what} (allowed: {', '.join(sorted(allowed))})"
             )
     ts = body.get("timestamp")
     if ts is not None and not _is_count(ts):
-        raise TwinError(400, f"timestamp must be milliseconds since the epoch, got {ts!r}")
+        raise TwinError(400, f"timestamp must be milliseconds since the epoch, got {shown(ts)}")
 
 
 @dataclass(slots=True)
@@ -606,7 +701,9 @@ def _check_type(name: str, meta: Any, current: PropertyType | None) -> PropertyT
         raise TwinError(400, f"twin.{name}.metadata must be an object, got {_json_type(meta)}")
     for key in meta:
         if key != "type":
-            raise TwinError(400, f"twin.{name}.metadata: unknown field {key!r} (allowed: type)")
+            raise TwinError(
+                400, f"twin.{name}.metadata: unknown field {shown(key)} (allowed: type)"
+            )
     raw = meta.get("type")
     if raw is None:
         return None
@@ -615,11 +712,11 @@ def _check_type(name: str, meta: Any, current: PropertyType | None) -> PropertyT
     try:
         ptype = PropertyType.parse(raw)
     except ValueError as exc:
-        raise TwinError(400, f"twin.{name}.metadata.type: {exc}") from None
+        raise TwinError(400, f"twin.{name}.metadata.type: {_cut(str(exc))}") from None
     if current is not None and ptype.family != current.family:
         raise TwinError(
             400,
-            f"twin.{name}.metadata.type: {raw!r} would change the type of {name}, "
+            f"twin.{name}.metadata.type: {shown(raw)} would change the type of {name}, "
             f"which is {current.value}",
         )
     return ptype
@@ -630,7 +727,7 @@ def _check_version_obj(name: str, key: str, raw: Any) -> None:
         raise TwinError(400, f"twin.{name}.{key} must be an object {{cloud, edge}}")
     for k in _VERSION_KEYS:
         if k in raw and not _is_count(raw[k]):
-            raise TwinError(400, f"twin.{name}.{key}.{k} must be a non-negative integer")
+            raise TwinError(400, f"twin.{name}.{key}.{k} must be an integer from 0 to 2^63-1")
 
 
 def _parse_side(
@@ -643,7 +740,7 @@ def _parse_side(
     for key in raw:
         if key not in _SIDE_KEYS:
             raise TwinError(
-                400, f"twin.{name}.{side}: unknown field {key!r} (allowed: metadata, value)"
+                400, f"twin.{name}.{side}: unknown field {shown(key)} (allowed: metadata, value)"
             )
     if "value" not in raw:
         raise TwinError(400, f"twin.{name}.{side}.value is missing")
@@ -663,7 +760,9 @@ def _parse_side(
     try:
         value = parse_text(text, ptype)
     except ValueError as exc:
-        raise TwinError(400, f"twin.{name}.{side}.value: {exc} ({ptype.value})") from None
+        raise TwinError(
+            400, f"twin.{name}.{side}.value: {_cut(str(exc))} ({ptype.value})"
+        ) from None
     src: int | None = None
     meta = raw.get("metadata")
     if meta is not None:
@@ -672,7 +771,8 @@ def _parse_side(
         for key in meta:
             if key != "timestamp":
                 raise TwinError(
-                    400, f"twin.{name}.{side}.metadata: unknown field {key!r} (allowed: timestamp)"
+                    400,
+                    f"twin.{name}.{side}.metadata: unknown field {shown(key)} (allowed: timestamp)",
                 )
         src = meta.get("timestamp")
         if src is not None and not _is_count(src):
@@ -689,18 +789,21 @@ def _parse_ack(name: str, raw: Any, now: int, current: int) -> Ack:
         if key not in _ACK_KEYS:
             raise TwinError(
                 400,
-                f"twin.{name}.ack: unknown field {key!r} "
+                f"twin.{name}.ack: unknown field {shown(key)} "
                 "(allowed: expected_version, reason, status)",
             )
     # Without expected_version, the ack is about the expected value the twin holds now
     # (a mapper that got its desired value from somewhere without versions).
     ev = raw.get("expected_version", current)
-    if type(ev) is not int or ev < 0:
-        raise TwinError(400, f"twin.{name}.ack.expected_version must be a non-negative integer")
+    if not _is_count(ev):
+        raise TwinError(
+            400, f"twin.{name}.ack.expected_version must be an integer from 0 to 2^63-1"
+        )
     status = raw.get("status")
     if status not in ACK_STATUSES:
         raise TwinError(
-            400, f"twin.{name}.ack.status must be one of {', '.join(ACK_STATUSES)}, got {status!r}"
+            400,
+            f"twin.{name}.ack.status must be one of {', '.join(ACK_STATUSES)}, got {shown(status)}",
         )
     reason = raw.get("reason", "")
     if reason is None:
@@ -720,7 +823,7 @@ def _plan_entry(
         if key not in _TWIN_KEYS:
             raise TwinError(
                 400,
-                f"twin.{name}: unknown field {key!r} (allowed: {', '.join(sorted(_TWIN_KEYS))})",
+                f"twin.{name}: unknown field {shown(key)} (allowed: {_TWIN_ALLOWED})",
             )
     old = dev.twins.get(name)
     declared_type = old.type if old is not None else None
@@ -804,7 +907,9 @@ def plan_update(dev: DeviceTwin, body: Mapping[str, Any], opts: Options, now: in
     _check_common(body, _REQUEST_KEYS, "an update request")
     expected_version = body.get("version")
     if expected_version is not None and not _is_count(expected_version):
-        raise TwinError(400, f"version must be a non-negative integer, got {expected_version!r}")
+        raise TwinError(
+            400, f"version must be an integer from 0 to 2^63-1, got {shown(expected_version)}"
+        )
     if "twin" not in body:
         raise TwinError(400, "the request has no twin object")
     twin = body["twin"]
@@ -842,12 +947,34 @@ def plan_update(dev: DeviceTwin, body: Mapping[str, Any], opts: Options, now: in
             reported.append(name)
     if missing is not None:
         raise TwinError(404, f"twin.{missing}: device {dev.id} has no twin {missing!r} to delete")
+    if opts.allow_dynamic_twins:
+        _check_twin_count(dev, changes, opts.max_properties)
     if expected_version is not None and expected_version != dev.version:
         raise TwinError(
             409,
             f"version mismatch: the request names {expected_version}, the twin is at {dev.version}",
         )
     return UpdatePlan(changes, reported)
+
+
+def _check_twin_count(dev: DeviceTwin, changes: Mapping[str, Twin | None], limit: int) -> None:
+    """413 when the dynamic twins a plan creates would take the device past ``limit`` twins.
+
+    Only a request that creates twins is refused: a device that holds more twins
+    than a lowered limit keeps them and can still update and delete them.
+    """
+    twins = dev.twins
+    created = sum(1 for n, t in changes.items() if t is not None and n not in twins)
+    if not created:
+        return
+    deleted = sum(1 for t in changes.values() if t is None)
+    total = len(twins) + created - deleted
+    if total > limit:
+        raise TwinError(
+            413,
+            f"device {dev.id} would have {total} twins, more than the limit of {limit} "
+            f"(the request creates {created}); nothing was applied",
+        )
 
 
 @dataclass(slots=True)
@@ -883,6 +1010,15 @@ def apply_plan(dev: DeviceTwin, plan: UpdatePlan, now: int) -> Applied:
     return Applied(bool(plan.changes), result, document)
 
 
+def check_read(body: Mapping[str, Any], what: str) -> None:
+    """Validate a ``twin/get`` or ``membership/get`` body: ``event_id`` and ``timestamp`` only.
+
+    Raises:
+        TwinError: 400 naming the field that is unknown or of the wrong type.
+    """
+    _check_common(body, _READ_KEYS, what)
+
+
 def plan_state(body: Mapping[str, Any]) -> str:
     """Validate a ``state/update`` body; return the state in lower case.
 
@@ -895,7 +1031,7 @@ def plan_state(body: Mapping[str, Any]) -> str:
         raise TwinError(400, "state is missing or not a string")
     low = state.lower()
     if low not in STATES:
-        raise TwinError(400, f"state must be one of {', '.join(STATES)}, got {state!r}")
+        raise TwinError(400, f"state must be one of {', '.join(STATES)}, got {shown(state)}")
     return low
 
 

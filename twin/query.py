@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .document import DeviceTwin
+from .document import MAX_EVENT_ID, DeviceTwin, dumps, shown
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -81,11 +81,13 @@ _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 class QueryError(Exception):
-    """A query that cannot run: ``reason``, and ``position`` (0-based) for a parse error."""
+    """A query that cannot run: ``reason``, ``position`` (0-based) for a parse error,
+    and ``code``: 400 for a bad query, 413 for an answer over the size limit."""
 
-    def __init__(self, reason: str, position: int | None = None) -> None:
+    def __init__(self, reason: str, position: int | None = None, code: int = 400) -> None:
         self.reason = reason
         self.position = position
+        self.code = code
         super().__init__(reason if position is None else f"{reason} (at {position})")
 
 
@@ -245,10 +247,9 @@ def _accessor(segments: tuple[str, ...], pos: int, field: str) -> Accessor:
         return (_reported if head == "reported" else _desired)(segments[1])
     if head == "ack" and len(segments) == 3 and segments[2] == "status":
         return _ack_status(segments[1])
-    shown = ".".join(segments)
     raise QueryError(
-        f"{field}: unknown path {shown!r} (paths: {', '.join(_SIMPLE)}, reported.<prop>, "
-        "desired.<prop>, ack.<prop>.status)",
+        f"{field}: unknown path {shown('.'.join(segments))} (paths: {', '.join(_SIMPLE)}, "
+        "reported.<prop>, desired.<prop>, ack.<prop>.status)",
         pos,
     )
 
@@ -536,11 +537,76 @@ class Query:
         Args:
             devices: every device, in ``id`` order (the default order needs no sort).
         """
-        where = self.where
         if self.group_by is not None:
-            return self._group([d for d in devices if where(d)], *self.group_by)
+            return self._group([d for d in devices if self.where(d)], *self.group_by)
+        page, keys, more = self._select(devices)
+        return self._page(page, keys[-1] if keys else (), more)
+
+    def answer(self, devices: Iterable[DeviceTwin], event_id: str, max_bytes: int) -> bytes:
+        """The encoded reply ``{"event_id", "items", "count", "cursor"}``, at most ``max_bytes``.
+
+        A page that would be larger ends early, after the last item that fits,
+        with a cursor for the rest (so a client pages on as usual).
+
+        Raises:
+            QueryError: 413 when the first item alone, or a ``group_by`` answer
+                (which has no pages), is larger than ``max_bytes``.
+        """
+        if self.group_by is not None:
+            grouped = self._group([d for d in devices if self.where(d)], *self.group_by)
+            payload = dumps({"event_id": event_id, **grouped})
+            if len(payload) > max_bytes:
+                raise QueryError(
+                    f"the answer of {grouped['count']} groups is {len(payload)} bytes, more "
+                    f"than the limit of {max_bytes} bytes; group by a path with fewer values "
+                    "or narrow the where",
+                    code=413,
+                )
+            return payload
+        page, keys, more = self._select(devices)
+        body = self._page(page, keys[-1] if keys else (), more)
+        payload = dumps({"event_id": event_id, **body})
+        if len(payload) <= max_bytes:
+            return payload
+        # Too large: keep the longest prefix of the page that fits. Item sizes
+        # give the estimate; the encoded candidate is the proof.
+        items = body["items"]
+        if not items:
+            raise QueryError(
+                f"an empty answer is {len(payload)} bytes, more than the limit of {max_bytes} "
+                "bytes",
+                code=413,
+            )
+        sizes = [len(dumps(item)) + 1 for item in items]
+        fixed = len(payload) - sum(sizes) + 1
+        n, total = 0, fixed
+        while n < len(items) and total + sizes[n] <= max_bytes:
+            total += sizes[n]
+            n += 1
+        while n > 0:
+            cut = self._page(page[:n], keys[n - 1] if keys else (), True)
+            payload = dumps({"event_id": event_id, **cut})
+            excess = len(payload) - max_bytes
+            if excess <= 0:
+                return payload
+            while n > 0 and excess > 0:  # the cursor took the room: drop enough items
+                n -= 1
+                excess -= sizes[n]
+        raise QueryError(
+            f"the first item of the page is {sizes[0] - 1} bytes, more than the limit of "
+            f"{max_bytes} bytes for an answer; select fewer paths",
+            code=413,
+        )
+
+    def _select(
+        self, devices: Iterable[DeviceTwin]
+    ) -> tuple[list[DeviceTwin], list[tuple[tuple[Any, ...], ...]], bool]:
+        """The devices of the page, their sort keys (none for the default order), and
+        whether more devices follow."""
         if not self.order:
-            return self._by_id(devices)
+            page, more = self._by_id(devices)
+            return page, [], more
+        where = self.where
         matches = [d for d in devices if where(d)]
         order = self.order
         desc = [d for _, d in order]
@@ -565,11 +631,11 @@ class Query:
                 else:
                     hi = mid
             start = lo
-        page = rows[start : start + self.limit]
+        chosen = rows[start : start + self.limit]
         more = start + self.limit < len(rows)
-        return self._page([r[2] for r in page], page[-1][0] if page else (), more)
+        return [r[2] for r in chosen], [r[0] for r in chosen], more
 
-    def _by_id(self, devices: Iterable[DeviceTwin]) -> dict[str, Any]:
+    def _by_id(self, devices: Iterable[DeviceTwin]) -> tuple[list[DeviceTwin], bool]:
         """The default order: walk the devices in id order and stop after a page."""
         where, limit = self.where, self.limit
         after = self.cursor[1] if self.cursor is not None else None
@@ -583,7 +649,7 @@ class Query:
                     more = True
                     break
                 page.append(d)
-        return self._page(page, (), more)
+        return page, more
 
     def _page(
         self, page: list[DeviceTwin], last_keys: tuple[tuple[Any, ...], ...], more: bool
@@ -651,19 +717,22 @@ def parse_query(body: Mapping[str, Any]) -> Query:
     for key in body:
         if key not in _REQUEST_KEYS:
             raise QueryError(
-                f"unknown field {key!r} in a query (allowed: {', '.join(sorted(_REQUEST_KEYS))})"
+                f"unknown field {shown(key)} in a query "
+                f"(allowed: {', '.join(sorted(_REQUEST_KEYS))})"
             )
     where_text = _optional_str(body, "where") or ""
     order_text = _optional_str(body, "order_by")
     group_text = _optional_str(body, "group_by")
-    _optional_str(body, "event_id")
+    event_id = _optional_str(body, "event_id")
+    if event_id is not None and len(event_id) > MAX_EVENT_ID:
+        raise QueryError(f"event_id is longer than {MAX_EVENT_ID} characters")
     _optional_str(body, "reply_to")
     cursor_text = _optional_str(body, "cursor")
     limit = body.get("limit")
     if limit is None:
         limit = DEFAULT_LIMIT
     elif type(limit) is not int:
-        raise QueryError(f"limit must be an integer, got {limit!r}")
+        raise QueryError(f"limit must be an integer, got {shown(limit)}")
     elif limit < 1:
         raise QueryError(f"limit must be at least 1, got {limit}")
     limit = min(limit, MAX_LIMIT)
@@ -675,7 +744,7 @@ def parse_query(body: Mapping[str, Any]) -> Query:
         entries = []
         for item in select_raw:
             if not isinstance(item, str):
-                raise QueryError(f"select entries must be path strings, got {item!r}")
+                raise QueryError(f"select entries must be path strings, got {shown(item)}")
             entries.append((item, parse_path(item, "select")))
         select = tuple(entries)
     where = compile_where(where_text)

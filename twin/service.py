@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 import uuid
@@ -56,6 +57,7 @@ from .document import (
     StoredRowError,
     TwinError,
     apply_plan,
+    check_read,
     decode_request,
     device_from_spec,
     device_row,
@@ -66,6 +68,7 @@ from .document import (
     plan_state,
     plan_update,
     rfc3339,
+    shown,
     sniff_event_id,
 )
 from .query import QueryError, parse_query
@@ -100,7 +103,6 @@ DEDUP_TTL_MS: Final = 10 * 60 * 1000
 PRUNE_EVERY_MS: Final = 30 * 1000
 SEEN_FLUSH_MS: Final = 10 * 1000
 """``last_seen`` refreshed by no-op reports is written at least this often (ms)."""
-_GET_KEYS: Final = frozenset({"event_id", "timestamp"})
 _SUFFIX_RESULT: Final = {
     topics.TWIN_UPDATE: topics.TWIN_UPDATE_RESULT,
     topics.TWIN_GET: topics.TWIN_GET_RESULT,
@@ -141,6 +143,10 @@ class Batch:
     dirty: dict[str, DeviceTwin] = field(default_factory=dict)
     accepted: int = 0
     now: int = 0
+    mono: float = 0.0
+    """The batch's monotonic time (s), for the request rate limit."""
+    limited: set[int] = field(default_factory=set)
+    """Positions in ``messages`` refused with 429."""
 
 
 @dataclass(slots=True)
@@ -241,7 +247,15 @@ class DedupIndex:
 
 
 def _check_reply_topic(topic: str) -> bool:
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
+    """A topic the twin may publish a reply on: no wildcard, no NUL, not under ``$``
+    (the broker's own topics and KubeEdge's device topics, which a reply must not spoof)."""
+    return (
+        bool(topic)
+        and not topic.startswith("$")
+        and "+" not in topic
+        and "#" not in topic
+        and "\x00" not in topic
+    )
 
 
 class TwinCore:
@@ -263,6 +277,8 @@ class TwinCore:
         self._last_prune = now_ms()
         self._seen_dirty: dict[str, DeviceTwin] = {}
         self._last_seen_flush = now_ms()
+        self.rate_limited = 0
+        """Requests refused with 429 since start."""
 
     # ---- loading ---------------------------------------------------------------
     def build(
@@ -271,13 +287,26 @@ class TwinCore:
         """Twins for ``specs`` merged with ``stored`` rows, and the rows to write back.
 
         Raises:
-            ConfigError: a desired seed the model refuses.
+            ConfigError: a desired seed the model refuses, more devices than
+                ``max_devices`` or a device with more properties than ``max_properties``.
             StoreError: a stored row that cannot be read.
         """
+        opts = self.options
+        if len(specs) > opts.max_devices:
+            raise ConfigError(
+                f"the device files define {len(specs)} devices, more than the limit of "
+                f"{opts.max_devices} (--max-devices)"
+            )
         now = now_ms()
         devices: dict[str, DeviceTwin] = {}
         writes = Writes()
         for spec in sorted(specs, key=lambda s: s.id):
+            if len(spec.properties) > opts.max_properties:
+                raise ConfigError(
+                    f"device {spec.id} has {len(spec.properties)} properties, more than the "
+                    f"limit of {opts.max_properties} (--max-properties)",
+                    location=spec.source or None,
+                )
             current = self.devices.get(spec.id)
             if current is not None and self.specs.get(spec.id) is spec:
                 devices[spec.id] = current
@@ -298,6 +327,9 @@ class TwinCore:
                 log.warning("event=twin-adjusted device=%s detail=%r", spec.id, note)
             if current is not None:
                 dev.seen.update({k: v for k, v in current.seen.items() if k in dev.twins})
+                # A reload does not refill the device's request budget.
+                dev.tokens, dev.tokens_at = current.tokens, current.tokens_at
+                dev.throttled = current.throttled
             if changed:
                 writes.devices[spec.id] = device_row(dev)
             devices[spec.id] = dev
@@ -325,7 +357,7 @@ class TwinCore:
         are kept, so a device that comes back has its twin again.
 
         Raises:
-            ConfigError: a desired seed the model refuses.
+            ConfigError: a desired seed the model refuses, or a limit the files break.
         """
         devices, writes = self.build(specs, self.store.load())
         old = self.devices
@@ -371,25 +403,43 @@ class TwinCore:
         log.info("event=reloaded %s", reload.summary)
 
     # ---- batches ---------------------------------------------------------------
-    def prepare(self, messages: list[Incoming], failure: str | None = None) -> Batch:
+    def prepare(
+        self,
+        messages: list[Incoming],
+        failure: str | None = None,
+        limited: set[int] | None = None,
+    ) -> Batch:
         """Handle ``messages`` in order; returns the writes and replies of the batch.
 
         With ``failure`` set (a failed commit being answered), every request that
-        would be accepted is answered with 500 instead and nothing changes.
+        would be accepted is answered with 500 instead and nothing changes;
+        ``limited`` then names the positions of the messages the first pass
+        refused with 429, which are refused again without taking tokens.
         """
-        batch = Batch(messages, now=now_ms())
-        for msg in messages:
+        batch = Batch(messages, now=now_ms(), mono=time.monotonic())
+        devices = self.devices
+        rate = self.options.rate_limit
+        for index, msg in enumerate(messages):
             topic = msg.topic
             parsed = topics.parse_device_topic(topic)
             try:
                 if parsed is not None:
                     ns, name, suffix = parsed
+                    if suffix not in _SUFFIX_RESULT:
+                        continue
+                    dev = devices.get(f"{ns}/{name}")
+                    if (
+                        dev is not None
+                        and rate
+                        and self._over_rate(batch, index, msg, dev, suffix, limited)
+                    ):
+                        continue
                     if suffix == topics.TWIN_UPDATE:
-                        self._update(batch, msg, ns, name, failure)
+                        self._update(batch, msg, ns, name, dev, failure)
                     elif suffix == topics.TWIN_GET:
-                        self._get(batch, msg, ns, name)
-                    elif suffix == topics.STATE_UPDATE:
-                        self._state(batch, msg, ns, name, failure)
+                        self._get(batch, msg, ns, name, dev)
+                    else:
+                        self._state(batch, msg, ns, name, dev, failure)
                 elif topic == topics.QUERY:
                     self._query(batch, msg)
                 elif topic.startswith(topics.NODE_PREFIX) and topic.endswith(
@@ -448,7 +498,66 @@ class TwinCore:
             if dev is not None:
                 dev.restore(snap)
         log.error("event=store-write-failed requests=%d error=%r", batch.accepted, str(error))
-        return self.prepare(batch.messages, failure=str(error)).out
+        return self.prepare(batch.messages, failure=str(error), limited=batch.limited).out
+
+    # ---- limits ----------------------------------------------------------------
+    def _over_rate(
+        self,
+        batch: Batch,
+        index: int,
+        msg: Incoming,
+        dev: DeviceTwin,
+        suffix: str,
+        limited: set[int] | None,
+    ) -> bool:
+        """Take a token from ``dev``'s bucket; without one, answer 429 and return True.
+
+        The bucket refills at ``rate_limit`` tokens a second up to ``rate_burst``;
+        every request of a batch is stamped with the batch's time.
+        """
+        if limited is None:
+            opts = self.options
+            now = batch.mono
+            tokens = dev.tokens + (now - dev.tokens_at) * opts.rate_limit
+            if tokens > opts.rate_burst:
+                tokens = opts.rate_burst
+            dev.tokens_at = now
+            if tokens >= 1.0:
+                dev.tokens = tokens - 1.0
+                if dev.throttled:
+                    log.info("event=rate-limit-ended device=%s refused=%d", dev.id, dev.throttled)
+                    dev.throttled = 0
+                return False
+            dev.tokens = tokens
+            batch.limited.add(index)
+            self.rate_limited += 1
+            if not dev.throttled:
+                log.warning(
+                    "event=rate-limited device=%s limit=%g/s burst=%d",
+                    dev.id,
+                    opts.rate_limit,
+                    opts.rate_burst,
+                )
+            dev.throttled += 1
+        elif index not in limited:
+            return False  # answered with 500 by the failure pass, as it would have been
+        else:
+            batch.limited.add(index)
+        opts = self.options
+        wait_ms = max(1, math.ceil((1.0 - dev.tokens) / opts.rate_limit * 1000))
+        eid = sniff_event_id(msg.payload) if len(msg.payload) <= opts.max_payload else ""
+        self._reply_error(
+            batch,
+            msg,
+            dev.namespace,
+            dev.name,
+            suffix,
+            429,
+            f"device {dev.id} is over its limit of {opts.rate_limit:g} requests/s "
+            f"(burst {opts.rate_burst}); nothing was applied, retry in {wait_ms} ms",
+            eid,
+        )
+        return True
 
     # ---- helpers ---------------------------------------------------------------
     def _remembered(self, device: str, event_id: str) -> bytes | None:
@@ -489,7 +598,7 @@ class TwinCore:
         self._send(batch, msg, topics.device_topic(ns, name, _SUFFIX_RESULT[suffix]), payload)
 
     def _open(
-        self, batch: Batch, msg: Incoming, ns: str, name: str, suffix: str
+        self, batch: Batch, msg: Incoming, ns: str, name: str, suffix: str, dev: DeviceTwin | None
     ) -> tuple[DeviceTwin, dict[str, Any]] | None:
         """Size, device and JSON checks in the order of the error precedence."""
         if len(msg.payload) > self.options.max_payload:
@@ -504,7 +613,6 @@ class TwinCore:
                 f"{self.options.max_payload} bytes",
             )
             return None
-        dev = self.devices.get(f"{ns}/{name}")
         if dev is None:
             self._reply_error(batch, msg, ns, name, suffix, 404, f"unknown device {ns}/{name}")
             return None
@@ -516,8 +624,16 @@ class TwinCore:
         return dev, body
 
     # ---- handlers --------------------------------------------------------------
-    def _update(self, batch: Batch, msg: Incoming, ns: str, name: str, failure: str | None) -> None:
-        opened = self._open(batch, msg, ns, name, topics.TWIN_UPDATE)
+    def _update(
+        self,
+        batch: Batch,
+        msg: Incoming,
+        ns: str,
+        name: str,
+        dev_in: DeviceTwin | None,
+        failure: str | None,
+    ) -> None:
+        opened = self._open(batch, msg, ns, name, topics.TWIN_UPDATE, dev_in)
         if opened is None:
             return
         dev, body = opened
@@ -580,27 +696,35 @@ class TwinCore:
                     Outgoing(topics.device_topic(ns, name, topics.TWIN_UPDATE_DELTA), dumps(delta))
                 )
 
-    def _get(self, batch: Batch, msg: Incoming, ns: str, name: str) -> None:
-        opened = self._open(batch, msg, ns, name, topics.TWIN_GET)
+    def _get(
+        self, batch: Batch, msg: Incoming, ns: str, name: str, dev_in: DeviceTwin | None
+    ) -> None:
+        opened = self._open(batch, msg, ns, name, topics.TWIN_GET, dev_in)
         if opened is None:
             return
         dev, body = opened
         topic = topics.device_topic(ns, name, topics.TWIN_GET_RESULT)
         eid = event_id_of(body)
         now = now_ms()
-        bad = next((k for k in body if k not in _GET_KEYS), None)
-        if bad is not None or not isinstance(body.get("event_id", ""), str):
-            reason = (
-                f"unknown field {bad!r} in a get request (allowed: event_id, timestamp)"
-                if bad is not None
-                else "event_id must be a string"
+        try:
+            check_read(body, "a get request")
+        except TwinError as exc:
+            self._send(
+                batch, msg, topic, error_message(eid, now, exc.code, exc.reason, dev.version)
             )
-            self._send(batch, msg, topic, error_message(eid, now, 400, reason, dev.version))
             return
         self._send(batch, msg, topic, dumps(dev.get_message(eid, now)))
 
-    def _state(self, batch: Batch, msg: Incoming, ns: str, name: str, failure: str | None) -> None:
-        opened = self._open(batch, msg, ns, name, topics.STATE_UPDATE)
+    def _state(
+        self,
+        batch: Batch,
+        msg: Incoming,
+        ns: str,
+        name: str,
+        dev_in: DeviceTwin | None,
+        failure: str | None,
+    ) -> None:
+        opened = self._open(batch, msg, ns, name, topics.STATE_UPDATE, dev_in)
         if opened is None:
             return
         dev, body = opened
@@ -645,15 +769,25 @@ class TwinCore:
         now = now_ms()
         if len(msg.payload) > self.options.max_payload:
             eid = sniff_event_id(msg.payload)
-            self._send(batch, msg, topic, error_message(eid, now, 413, "payload too large", None))
+            reason = (
+                f"payload of {len(msg.payload)} bytes is larger than the limit of "
+                f"{self.options.max_payload} bytes"
+            )
+            self._send(batch, msg, topic, error_message(eid, now, 413, reason, None))
             return
         try:
             body = decode_request(msg.payload)
         except TwinError as exc:
             self._send(batch, msg, topic, error_message("", now, exc.code, exc.reason, None))
             return
+        eid = event_id_of(body)
+        try:
+            check_read(body, "a membership request")
+        except TwinError as exc:
+            self._send(batch, msg, topic, error_message(eid, now, exc.code, exc.reason, None))
+            return
         devices = [d.membership_entry() for d in self.devices.values() if d.node == node]
-        payload = dumps({"event_id": event_id_of(body), "timestamp": now, "devices": devices})
+        payload = dumps({"event_id": eid, "timestamp": now, "devices": devices})
         self._send(batch, msg, topic, payload)
 
     def _query(self, batch: Batch, msg: Incoming) -> None:
@@ -662,15 +796,16 @@ class TwinCore:
         if msg.response_topic is not None and _check_reply_topic(msg.response_topic):
             reply_topic, correlation = msg.response_topic, msg.correlation
         eid = ""
-        answer: dict[str, Any]
         if len(msg.payload) > self.options.max_payload:
             eid = sniff_event_id(msg.payload)
-            answer = {
-                "event_id": eid,
-                "code": 413,
-                "reason": f"payload of {len(msg.payload)} bytes is larger than the limit of "
-                f"{self.options.max_payload} bytes",
-            }
+            payload = dumps(
+                {
+                    "event_id": eid,
+                    "code": 413,
+                    "reason": f"payload of {len(msg.payload)} bytes is larger than the limit of "
+                    f"{self.options.max_payload} bytes",
+                }
+            )
         else:
             try:
                 body = decode_request(msg.payload)
@@ -682,23 +817,30 @@ class TwinCore:
                     and _check_reply_topic(reply_to)
                 ):
                     reply_topic = reply_to
-                answer = self._answer(body, eid)
+                payload = self._answer(body, eid)
             except TwinError as exc:
-                answer = {"event_id": eid, "code": exc.code, "reason": exc.reason}
-        batch.out.append(Outgoing(reply_topic, dumps(answer), correlation))
+                payload = dumps({"event_id": eid, "code": exc.code, "reason": exc.reason})
+        batch.out.append(Outgoing(reply_topic, payload, correlation))
 
-    def _answer(self, body: dict[str, Any], eid: str) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any], eid: str) -> bytes:
         reply_to = body.get("reply_to")
         if isinstance(reply_to, str) and not _check_reply_topic(reply_to):
-            return {"event_id": eid, "code": 400, "reason": f"reply_to {reply_to!r} is not a topic"}
+            return dumps(
+                {
+                    "event_id": eid,
+                    "code": 400,
+                    "reason": f"reply_to {shown(reply_to)} is not a topic the twin answers on "
+                    "(no wildcards, not under $)",
+                }
+            )
         try:
             query = parse_query(body)
+            return query.answer(self.devices.values(), eid, self.options.max_result_bytes)
         except QueryError as exc:
-            answer: dict[str, Any] = {"event_id": eid, "code": 400, "reason": exc.reason}
+            answer: dict[str, Any] = {"event_id": eid, "code": exc.code, "reason": exc.reason}
             if exc.position is not None:
                 answer["position"] = exc.position
-            return answer
-        return {"event_id": eid, **query.run(self.devices.values())}
+            return dumps(answer)
 
 
 # --------------------------------------------------------------------------- service

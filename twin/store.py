@@ -21,6 +21,7 @@ raises :class:`StoreError`; the service stops instead of serving an empty twin.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ class Store:
                 where, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the twin store {where}: {exc}") from None
+            raise StoreError(f"cannot open the twin store {where}: {exc}{_hint(where)}") from None
         try:
             _prepare(conn, where, durability)
         except StoreError:
@@ -194,7 +195,7 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"twin store write failed: {exc}") from None
+            raise StoreError(f"twin store write failed: {exc}{_hint(self.path)}") from None
 
     async def write_async(self, writes: Writes, *, inline: bool = False) -> None:
         """:meth:`write` on the store's thread (see the module docstring).
@@ -260,4 +261,18 @@ def _describe(where: str, exc: sqlite3.DatabaseError) -> str:
             f"the twin store {where} is corrupt or not an SQLite database ({text}); "
             "restore it from a backup or move it away to start with an empty twin"
         )
-    return f"cannot read the twin store {where}: {text}"
+    return f"cannot read the twin store {where}: {text}{_hint(where)}"
+
+
+def _hint(where: str) -> str:
+    """Why the store's file system may refuse it: read-only, or full (else nothing)."""
+    directory = os.path.dirname(os.path.abspath(where))
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return ""
+    if fs.f_flag & os.ST_RDONLY:
+        return f" ({directory} is on a read-only file system)"
+    if fs.f_bavail * fs.f_frsize < 64 * 1024:
+        return f" (the file system of {directory} is full)"
+    return ""

@@ -35,7 +35,14 @@ from ..model import DeviceSpec, load_files
 from ..mqtt import LinkDown, MqttLink, MqttSettings
 from .outbox import Outbox
 from .reporters.base import REPORTER_GROUP, Reporter, ReporterContext, push_targets
-from .twin import DesiredValue, EventIds, MqttTwinReporter, TwinReporter
+from .twin import (
+    DesiredValue,
+    EventIds,
+    MqttTwinReporter,
+    TwinReporter,
+    is_delta,
+    is_get_result,
+)
 from .worker import DeviceWorker, WorkerOptions
 
 __all__ = ["Mapper", "MapperOptions", "load_reporters"]
@@ -482,12 +489,18 @@ class Mapper:
         payload = message.payload
         try:
             doc = json.loads(payload if isinstance(payload, bytes | str) else b"")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
             self.malformed_messages += 1
             return
         if parsed.suffix == topics.TWIN_UPDATE_DELTA:
+            if not is_delta(doc):
+                self.malformed_messages += 1
+                return
             worker.on_delta(doc)
         elif parsed.suffix == topics.TWIN_GET_RESULT:
+            if not is_get_result(doc):
+                self.malformed_messages += 1
+                return
             worker.on_get_result(doc)
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "TwinReporter",
     "desired_from_delta",
     "desired_from_get",
+    "is_delta",
+    "is_get_result",
     "state_payload",
 ]
 
@@ -143,6 +145,28 @@ def _expected_text(twin: Any) -> str | None:
     if isinstance(expected, dict) and isinstance(expected.get("value"), str):
         return str(expected["value"])
     return None
+
+
+def is_delta(doc: Any) -> bool:
+    """A delta as the twin publishes it: ``delta`` maps names to text; ``twin`` is an object."""
+    if not isinstance(doc, dict):
+        return False
+    delta = doc.get("delta")
+    return (
+        isinstance(delta, dict)
+        and all(isinstance(v, str) for v in delta.values())
+        and isinstance(doc.get("twin", {}), dict)
+    )
+
+
+def is_get_result(doc: Any) -> bool:
+    """A get result (a ``twin`` object of twin objects) or an error reply (``code``)."""
+    if not isinstance(doc, dict):
+        return False
+    if "code" in doc:
+        return True
+    twins = doc.get("twin")
+    return isinstance(twins, dict) and all(isinstance(t, dict) for t in twins.values())
 
 
 def desired_from_delta(doc: Any) -> dict[str, DesiredValue]:

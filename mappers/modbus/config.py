@@ -55,12 +55,15 @@ __all__ = [
     "MAX_BITS_PER_READ",
     "MAX_REGISTERS_PER_READ",
     "MAX_REGISTERS_PER_WRITE",
+    "MIN_SERIAL_CYCLE_MS",
     "CommunicateMode",
     "Layout",
     "ModbusProtocolConfig",
     "ModbusVisitorConfig",
     "Table",
+    "check_serial_cycle",
     "resolve_layout",
+    "serial_read_ms",
 ]
 
 MAX_REGISTERS_PER_READ = 125  # Modbus application protocol v1.1b3, 6.3 and 6.4
@@ -68,6 +71,9 @@ MAX_REGISTERS_PER_WRITE = 123  # 6.12
 MAX_BITS_PER_READ = 2000  # 6.1 and 6.2
 MAX_BITS_PER_WRITE = 1968  # 6.11
 MAX_BITMASK_COILS = 64  # an INT property holds at most 64 coils as a bit mask
+MIN_SERIAL_CYCLE_MS = 50
+"""The shortest collectCycle on a serial line (RTU): a slave takes milliseconds to
+answer (its turnaround), and one line serves every unit on it in turn."""
 
 
 class CommunicateMode(enum.StrEnum):
@@ -486,3 +492,48 @@ def _default_raw(
             f"limit is {n}; name the wire type with rawType",
         )
     return by_limit[n]
+
+
+# --------------------------------------------------------------------------- serial timing
+def serial_read_ms(layout: Layout, protocol: ModbusProtocolConfig) -> float:
+    """Milliseconds one read of ``layout`` occupies a serial line, before the slave thinks.
+
+    The request (8 bytes) and the response (5 bytes plus the data) at
+    ``baudRate``, each character framed by a start bit, the data bits, a parity
+    bit unless parity is None, and the stop bits; plus the silence of 3.5
+    characters that ends each frame (1.75 ms above 19200 baud) and ``requestGap``
+    (Modbus over serial line v1.02, 2.5.1 and 2.5.1.1).
+    """
+    bits = 1 + protocol.dataBits + (0 if protocol.parity == "None" else 1) + protocol.stopBits
+    char_ms = bits * 1000.0 / protocol.baudRate
+    data = math.ceil(layout.count / 8) if layout.table.is_bits else 2 * layout.count
+    silence_ms = 3.5 * char_ms if protocol.baudRate <= 19200 else 1.75
+    return (8 + 5 + data) * char_ms + 2 * silence_ms + protocol.requestGap
+
+
+def check_serial_cycle(
+    prop: PropertySpec[ModbusVisitorConfig], layout: Layout, protocol: ModbusProtocolConfig
+) -> None:
+    """Refuse a collectCycle a serial line (RTU) cannot keep.
+
+    The cycle must be at least :data:`MIN_SERIAL_CYCLE_MS` and at least twice
+    the read's time on the wire (:func:`serial_read_ms`), which leaves the other
+    half for the slave's turnaround and the other properties and units on the
+    line. TCP and RTU over TCP have no such rule: the gateway's serial side is
+    not known here.
+
+    Raises:
+        ConfigError: at ``spec.properties[NAME].collectCycle``, with the shortest
+            cycle that would be accepted.
+    """
+    if protocol.communicateMode is not CommunicateMode.RTU:
+        return
+    wire_ms = serial_read_ms(layout, protocol)
+    minimum = max(MIN_SERIAL_CYCLE_MS, math.ceil(round(2 * wire_ms, 6)))
+    if prop.collect_cycle_ms < minimum:
+        raise ConfigError(
+            f"{prop.collect_cycle_ms} ms is too short for a serial line: at "
+            f"{protocol.baudRate} baud one read of {prop.name} occupies the line for "
+            f"{wire_ms:.1f} ms plus the slave's turnaround; use at least {minimum} ms",
+            location=f"spec.properties[{prop.name}].collectCycle",
+        )

@@ -37,6 +37,7 @@ from .config import (
     ModbusProtocolConfig,
     ModbusVisitorConfig,
     Table,
+    check_serial_cycle,
     resolve_layout,
 )
 from .planner import Convert, Item, Planner, Request
@@ -287,9 +288,12 @@ class ModbusDriver(Driver[ModbusProtocolConfig, ModbusVisitorConfig]):
 
     @classmethod
     def validate_device(cls, device: DeviceSpec[ModbusProtocolConfig, ModbusVisitorConfig]) -> None:
-        """Check every property against the layout rules (see :func:`.resolve_layout`)."""
+        """Check every property against the layout rules (see :func:`.resolve_layout`) and,
+        on a serial line, its collectCycle against the line's speed (see
+        :func:`.check_serial_cycle`)."""
         for prop in device.properties:
-            resolve_layout(prop, device.protocol_config)
+            layout = resolve_layout(prop, device.protocol_config)
+            check_serial_cycle(prop, layout, device.protocol_config)
 
     @property
     def planner(self) -> Planner:
