@@ -141,12 +141,10 @@ async def test_ble_desired_value_reaches_the_characteristic(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     from simulators.ble.profile import load_profile
-    from simulators.ble.radio import VirtualRadio
 
     device = "default/led-actuator-1"
     brightness = "8e7f0003-5c3a-4b8e-9f1d-6d6170706b74"
-    async with VirtualRadio() as radio:
-        peripherals = await radio.add_profile(load_profile("demo"))
+    async with demo_peripherals(load_profile("demo")) as (radio, peripherals):
         led = next(p for p in peripherals if p.name == "led-actuator-1")
         resources = Resources()
         radio.install(resources)
@@ -162,6 +160,28 @@ async def test_ble_desired_value_reaches_the_characteristic(
             await eventually(
                 lambda: _has(reported(client, "default/env-sensor-1", "temperature")), "notified"
             )
+
+
+@contextlib.asynccontextmanager
+async def demo_peripherals(profile: Any) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """The profile's peripherals on this event loop's virtual radio (one per loop: the
+    one the BLE tests started when they ran in this session, else a new one)."""
+    from simulators.ble.radio import VirtualRadio, current_radio
+
+    own: VirtualRadio | None = None
+    try:
+        radio = current_radio()
+    except LookupError:
+        radio = own = VirtualRadio()
+        await own.__aenter__()
+    added = await radio.add_profile(profile)
+    try:
+        yield radio, added
+    finally:
+        for peripheral in added:
+            await radio.remove_peripheral(peripheral.name)
+        if own is not None:
+            await own.__aexit__(None, None, None)
 
 
 async def _equals(value: Any, expected: Any) -> bool:
