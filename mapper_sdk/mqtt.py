@@ -111,6 +111,17 @@ class MqttSettings:
             client_id=client_id,
         )
 
+    def _v5_session(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """MQTT 5 spells a persistent session as clean start off plus a session expiry."""
+        if self.protocol != "5" or self.clean_session:
+            return kwargs
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 7 * 24 * 3600
+        return {"clean_start": False, "properties": props, **kwargs}
+
     def with_client_id(self, client_id: str) -> MqttSettings:
         return replace(self, client_id=client_id)
 
@@ -149,7 +160,7 @@ class MqttSettings:
             keepalive=self.keepalive,
             timeout=self.timeout,
             clean_session=None if self.protocol == "5" else self.clean_session,
-            **kwargs,
+            **self._v5_session(kwargs),
         )
         # Mapperkit pipelines QoS 1 publishes on purpose; do not warn about it.
         client.pending_calls_threshold = 1_000_000
@@ -282,7 +293,11 @@ class MqttLink:
                     self._down.clear()
                     self.up.set()
                     if self._on_connect is not None:
-                        self._on_connect()
+                        try:
+                            self._on_connect()
+                        except Exception:
+                            # A bug in the callback must not stop the link from serving.
+                            log.exception("mqtt=%s event=on-connect-failed", self.name)
                     async for message in client.messages:
                         if self._on_message is not None:
                             try:

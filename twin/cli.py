@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -136,7 +137,14 @@ def command(sub: Subparsers) -> None:
         default=None,
         help="node of devices whose spec has no nodeName, for membership (default: the hostname)",
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--clean-session",
+        action="store_true",
+        help="connect with a clean session; by default the twin keeps a persistent session "
+        "(client id mapperkit-twin-<node>) so requests published while it is away or the "
+        "broker restarts are delivered when it is back (the broker needs persistence on)",
+    )
+    p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
     p.set_defaults(func=_serve)
 
     p = cmds.add_parser("get", help="show a device's twin")
@@ -232,9 +240,17 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- serve
 def serve_config(args: argparse.Namespace) -> ServiceConfig:
     """The :class:`ServiceConfig` that ``mapperkit twin serve`` runs with ``args``."""
+    node = args.node or socket.gethostname()
+    mqtt = broker_settings(args)
+    if not getattr(args, "clean_session", False):
+        # A persistent session: the broker keeps the twin's subscriptions and queues
+        # what mappers and apps publish while the twin (or the broker) restarts.
+        mqtt = dataclasses.replace(
+            mqtt, client_id=mqtt.client_id or f"mapperkit-twin-{node}", clean_session=False
+        )
     return ServiceConfig(
-        mqtt=broker_settings(args),
-        node=args.node or socket.gethostname(),
+        mqtt=mqtt,
+        node=node,
         db_path=args.db,
         device_files=tuple(args.devices),
         durability=args.durability,

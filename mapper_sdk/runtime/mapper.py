@@ -464,8 +464,13 @@ class Mapper:
 
     # ---- MQTT ----------------------------------------------------------------------------
     def _on_connect(self) -> None:
-        if self._tg is not None:
-            self._tg.create_task(self._resync(), name="mapper.resync")
+        if self._tg is None:
+            return
+        resync = self._resync()
+        try:
+            self._tg.create_task(resync, name="mapper.resync")
+        except RuntimeError:  # the task group is shutting down
+            resync.close()
 
     async def _resync(self) -> None:
         """After a (re)connect, ask the twin for every device's desired values."""

@@ -31,6 +31,7 @@ from ..errors import (
     DeviceUnavailable,
     MapperError,
     NotSupported,
+    ProtocolError,
     WriteRejected,
 )
 from ..model import DeviceSpec, PropertySpec, ReportMode, Value
@@ -274,7 +275,7 @@ class DeviceWorker:
                     tg.create_task(self._collect_loop(), name=f"mapper[{self.id}].collect")
                     tg.create_task(self._write_loop(), name=f"mapper[{self.id}].write")
                     tg.create_task(self._watch_lost(), name=f"mapper[{self.id}].watch")
-            except* (_DeviceLost, DeviceUnavailable, TimeoutError, OSError) as group:
+            except* (_DeviceLost, DeviceUnavailable, ProtocolError, TimeoutError, OSError) as group:
                 self._disconnected(group.exceptions[0])
             except* Exception as group:
                 log.error(
