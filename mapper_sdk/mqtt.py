@@ -253,8 +253,11 @@ class MqttLink:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # The client's graceful disconnect waits for the broker; do not let a broker
+            # (or a socket) that never answers hold up a shutdown.
+            done, _ = await asyncio.wait({task}, timeout=self.settings.timeout / 2)
+            if task in done and not task.cancelled() and task.exception() is not None:
+                log.warning("mqtt=%s event=close-failed error=%r", self.name, task.exception())
         self._entered = False
 
     async def wait_up(self) -> None:
