@@ -62,7 +62,27 @@ class WorkerOptions:
     backoff_max: float = 30.0
 
 
-LATENESS_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, math.inf)
+LATENESS_BUCKETS_MS = (
+    1,
+    2,
+    5,
+    10,
+    20,
+    30,
+    40,
+    50,
+    60,
+    70,
+    80,
+    90,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    math.inf,
+)
 LATENCY_BUCKETS_S = (
     0.0005,
     0.001,
