@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         path = work / f"sim{s}.yaml"
         path.write_text(yaml.safe_dump(sim_profile(units, args.registers)))
         proc = start_role("--role", "simulator", "--profile", str(path))
-        port = int(read_json_line(proc)["port"])
+        unit_ports = [int(p) for p in read_json_line(proc)["ports"]]
         sims.append(proc)
-        assignment += [(port, u) for u in units]
+        assignment += list(zip(unit_ports, units, strict=True))
     config = work / "devices.yaml"
     config.write_text(kubeedge_yaml(assignment, args.registers, args.cycle))
     broker = Mosquitto()
