@@ -56,8 +56,9 @@ class Outbox:
         max_messages: the bound on kept messages (memory and store together).
         drop_oldest: when full, drop the oldest message (``True``) or refuse
             the new one (``False``); both are counted in :attr:`dropped`.
-        window: messages in flight at once (aiomqtt scans its pending calls on
-            every publish, so a larger window costs more than it gains).
+        window: messages handed to the connection at once, then acknowledged
+            together; it bounds what is in flight and sets the rate one round
+            trip allows (256 per round trip).
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class Outbox:
         path: str | Path | None = None,
         max_messages: int = 100_000,
         drop_oldest: bool = True,
-        window: int = 64,
+        window: int = 256,
     ) -> None:
         if max_messages < 1:
             raise ConfigError(f"outbox bound must be at least 1, got {max_messages}")
