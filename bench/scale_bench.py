@@ -414,14 +414,15 @@ def run_workload(
             profile_to = os.environ.get("MAPPERKIT_SCALE_PROFILE")
             if profile_to:
                 # Sample the mapper with py-spy (collapsed stacks) during the measured window.
+                beside = Path(sys.executable).with_name("py-spy")
                 subprocess.Popen(
                     [
-                        "py-spy",
+                        str(beside) if beside.exists() else "py-spy",
                         "record",
                         "--format",
                         "raw",
                         "--rate",
-                        "100",
+                        "250",
                         "--duration",
                         str(int(seconds)),
                         "--pid",
@@ -531,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--registers", type=int, default=100)
     parser.add_argument("--cycle", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=None, help="default 20 (5 with --quick)")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--sims", type=int, default=4)
     parser.add_argument("--profile")
@@ -551,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         return role_bare_modbus(args.ports, args.registers, args.cycle, args.seconds)
     if args.role == "bare-mqtt":
         return role_bare_mqtt(args.port, args.rate, args.size, args.seconds)
-    seconds = 5.0 if args.quick else args.seconds
+    seconds = args.seconds or (5.0 if args.quick else 20.0)
     big = run_workload(args.devices, args.registers, args.cycle, seconds, args.sims, args.warmup)
     ok = report(f"{args.devices} devices x {args.registers} registers @ {args.cycle} ms", big)
     if not args.quick:

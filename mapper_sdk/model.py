@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import yamlload
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ __all__ = [
 ]
 
 API_VERSION = "devices.kubeedge.io/v1beta1"
-# libyaml's loader is an order of magnitude faster on large device files.
-_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_CYCLE_MS = 1000
 PROPERTY_NAME_RE = re.compile(r"^[A-Za-z0-9\-_.,:/@#]{1,128}$")
 OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -941,7 +940,7 @@ def _parse_file(
     raw: list[_RawDevice],
 ) -> None:
     try:
-        documents = list(yaml.load_all(text, Loader=_YamlLoader))
+        documents = yamlload.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
