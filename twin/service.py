@@ -96,7 +96,7 @@ aiomqtt scans its pending calls on every publish, so a long queue in the client
 costs more per message than it gains; 64 keeps a loopback or LAN broker busy."""
 MAX_QUEUED_REPLIES: Final = 5000
 """The writer takes no new batch while more replies than this wait to be published."""
-IDLE_GAP: Final = 0.002
+IDLE_GAP: Final = 0.0005
 """Seconds since the last batch after which a lone request is committed inline."""
 DEDUP_TTL_MS: Final = 10 * 60 * 1000
 """Accepted requests are remembered by ``event_id`` for this long (ms)."""
