@@ -115,6 +115,7 @@ def _drivers(args: argparse.Namespace) -> int:
                         "target": i.target,
                         "ok": i.ok,
                         "error": i.error,
+                        "missing": i.missing,
                         "capabilities": sorted(i.driver.capabilities) if i.driver else [],
                     }
                     for i in infos
@@ -135,7 +136,9 @@ def _drivers(args: argparse.Namespace) -> int:
                 i.distribution or "-",
                 i.version or "-",
                 caps or "-",
-                "ok" if i.ok else f"broken: {i.error}",
+                "ok"
+                if i.ok
+                else (f"not installed: {i.error}" if i.missing else f"broken: {i.error}"),
             )
         )
     widths = [max(len(r[c]) for r in rows) for c in range(4)]

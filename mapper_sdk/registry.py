@@ -40,10 +40,20 @@ class DriverInfo:
     version: str | None
     driver: type[Driver[Any, Any]] | None
     error: str | None = None
+    missing: str | None = None
+    """The module the driver needs and that is not installed (a dependency, not a bug)."""
 
     @property
     def ok(self) -> bool:
         return self.driver is not None
+
+    @staticmethod
+    def _broken(
+        ep: EntryPoint, dist: str | None, version: str | None, exc: Exception
+    ) -> DriverInfo:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("driver %s from %s cannot be loaded: %s", ep.name, dist, reason)
+        return DriverInfo(ep.name, ep.value, dist, version, None, reason)
 
 
 def _check(name: str, obj: Any) -> type[Driver[Any, Any]]:
@@ -95,10 +105,19 @@ class Registry(Mapping[str, type[Driver[Any, Any]]]):
         version = ep.dist.version if ep.dist is not None else None
         try:
             cls = _check(ep.name, ep.load())
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] != ep.module.split(".")[0]:
+                # A dependency of the driver is not installed: an install without
+                # that protocol's extra, not a broken plugin.
+                hint = f"pip install '{dist}[{ep.name}]'" if dist == "mapperkit" else None
+                reason = f"needs {exc.name}, which is not installed" + (
+                    f" ({hint})" if hint else ""
+                )
+                log.info("driver %s from %s is not available: %s", ep.name, dist, reason)
+                return DriverInfo(ep.name, ep.value, dist, version, None, reason, exc.name)
+            return DriverInfo._broken(ep, dist, version, exc)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("driver %s from %s cannot be loaded: %s", ep.name, dist, reason)
-            return DriverInfo(ep.name, ep.value, dist, version, None, reason)
+            return DriverInfo._broken(ep, dist, version, exc)
         return DriverInfo(ep.name, ep.value, dist, version, cls)
 
     def _info(self, protocol: str) -> DriverInfo | None:

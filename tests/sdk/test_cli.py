@@ -31,6 +31,7 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (dist / "entry_points.txt").write_text(
         "[mapper_sdk.drivers]\nmem = tests.sdk.memdriver:MemDriver\n"
         "broken = tests.sdk.no_such_module:Driver\n"
+        "needsdep = tests.sdk.needsdep:Driver\n"
     )
     return site
 
@@ -70,11 +71,17 @@ def test_drivers_lists_plugins_with_versions_and_broken_ones(plugin_path: Path) 
     assert "ok" in line
     broken = next(ln for ln in out.stdout.splitlines() if ln.startswith("broken "))
     assert "broken: ModuleNotFoundError" in broken
+    # A driver whose dependency is missing is not installed, not broken, and not warned about.
+    needs = next(ln for ln in out.stdout.splitlines() if ln.startswith("needsdep "))
+    assert "not installed: needs no_such_dependency_pkg, which is not installed" in needs
+    assert "needsdep" not in out.stderr
     data = json.loads(mapperkit("drivers", "--json", plugin_path=plugin_path).stdout)
     mem = next(d for d in data if d["protocol"] == "mem")
     assert mem["ok"]
     assert mem["distribution"] == "memplugin"
     assert mem["version"] == "0.3.0"
+    needs_dep = next(d for d in data if d["protocol"] == "needsdep")
+    assert needs_dep["missing"] == "no_such_dependency_pkg"
 
 
 def test_run_rejects_a_broken_file_with_a_precise_message(plugin_path: Path) -> None:
