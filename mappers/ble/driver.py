@@ -14,7 +14,6 @@ subscribes again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -219,16 +218,21 @@ class BleDriver(Driver[BleProtocolConfig, BleVisitorConfig]):
                 return False
             return name is None or name in (adv.local_name, dev.name)
 
+        # The callback is registered before scanning starts, so an advertisement
+        # reported as the scan starts (a device the stack already knows, or one
+        # that advertises rarely) is not missed.
+        found: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
+
+        def detected(dev: BLEDevice, adv: AdvertisementData) -> None:
+            if not found.done() and matches(dev, adv):
+                found.set_result(dev)
+
         try:
-            scanner = BleakScanner(backend=backend.scanner_backend, **dict(backend.kwargs))
-            async with (
-                scanner,
-                asyncio.timeout(cfg.scanTimeout),
-                contextlib.aclosing(scanner.advertisement_data()) as seen,
-            ):
-                async for dev, adv in seen:
-                    if matches(dev, adv):
-                        return dev
+            scanner = BleakScanner(
+                detected, backend=backend.scanner_backend, **dict(backend.kwargs)
+            )
+            async with scanner, asyncio.timeout(cfg.scanTimeout):
+                return await found
         except TimeoutError:
             pass
         except _IO_ERRORS as exc:
