@@ -319,7 +319,12 @@ class TwinClient:
     async def _read(self, client: aiomqtt.Client) -> None:
         try:
             async for message in client.messages:
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except Exception:  # one odd message must not stop the reader
+                    log.warning(
+                        "event=message-ignored topic=%s", message.topic.value, exc_info=True
+                    )
         except aiomqtt.MqttError as exc:
             self._fail(LinkDown(f"lost the broker {self.settings.url}: {describe_mqtt_error(exc)}"))
 
@@ -345,11 +350,16 @@ class TwinClient:
             # Overlapping subscriptions (a device and every device) make the
             # broker deliver one message once per subscription.
             eid = body.get("event_id")
-            if eid in self._recent:
-                return
-            self._recent.append(eid)
+            if isinstance(eid, str):
+                if eid in self._recent:
+                    return
+                self._recent.append(eid)
+            version = body.get("version", 0)
             event = TwinEvent(
-                kind, f"{parsed.namespace}/{parsed.name}", int(body.get("version", 0)), body
+                kind,
+                f"{parsed.namespace}/{parsed.name}",
+                version if isinstance(version, int) else 0,
+                body,
             )
             for watch in self._watches:
                 if watch.matches(kind, parsed.namespace, parsed.name):

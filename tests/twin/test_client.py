@@ -86,6 +86,28 @@ async def test_watch_deltas_and_documents(twin: TwinService, settings: MqttSetti
             assert second.delta == {"valve": "55"}
 
 
+async def test_odd_messages_on_watched_topics_do_not_stop_the_client(
+    twin: TwinService, settings: MqttSettings
+) -> None:
+    """Anyone may publish on twin topics; the client skips what it cannot use."""
+    delta_topic = "$hw/events/device/default/thermostat-2/twin/update/delta"
+    async with TwinClient(settings) as client, settings.client() as other:
+        async with client.watch("default/thermostat-2") as events:
+            for odd in (
+                {"event_id": ["not", "hashable"], "delta": {"setpoint": "1"}},
+                {"event_id": "x", "version": "seven", "delta": {}},
+                {"event_id": {"a": 1}, "version": None},
+            ):
+                await other.publish(delta_topic, json.dumps(odd).encode(), qos=1)
+            await client.set_desired("default/thermostat-2", {"setpoint": 24})
+            async with asyncio.timeout(10):
+                while True:
+                    event = await anext(events)
+                    if event.kind == "delta" and event.delta.get("setpoint") == "24":
+                        break
+            assert (await client.get("default/thermostat-2")).desired("setpoint") == 24
+
+
 async def test_queries_and_membership(twin: TwinService, settings: MqttSettings) -> None:
     async with TwinClient(settings) as client:
         page = await client.query("", select=["id"], limit=2, order_by="id DESC")
