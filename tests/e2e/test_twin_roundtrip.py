@@ -51,6 +51,10 @@ async def stack(
     )
     mapper = Mapper(devices, registry, MapperOptions(mqtt=settings), resources=resources)
     async with service, TwinClient(settings) as client:
+        # Subscribed before anything is asked of it: a request published earlier
+        # would reach no subscriber (the service's test session is clean).
+        async with asyncio.timeout(10):
+            await service.wait_ready()
         serving = asyncio.create_task(service.serve_forever(), name="test.twin")
         try:
             async with mapper:
