@@ -215,6 +215,8 @@ async def run_demo(options: DemoOptions) -> int:
                     devices=twin_devices,
                 )
                 await stack.enter_async_context(service)
+                async with asyncio.timeout(30):
+                    await service.wait_ready()  # subscribed before the first request
                 resources = Resources()
                 radio.install(resources)
                 mapper = Mapper(
