@@ -188,30 +188,18 @@ def _quoted(src: str, i: int, quote: str, field: str) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- paths
-def _reported(prop: str) -> Accessor:
+def _value(prop: str, side: str) -> Accessor:
+    """The reported (``side="actual"``) or desired (``"expected"``) value of ``prop``."""
+
     def get(d: DeviceTwin) -> Scalar | None:
         t = d.twins.get(prop)
         if t is None:
             return None
-        s = t.actual
+        s = getattr(t, side)
         if s is None:
             return None
         v = s.value
-        return s.text if type(v) is bytes else v  # type: ignore[return-value]
-
-    return get
-
-
-def _desired(prop: str) -> Accessor:
-    def get(d: DeviceTwin) -> Scalar | None:
-        t = d.twins.get(prop)
-        if t is None:
-            return None
-        s = t.expected
-        if s is None:
-            return None
-        v = s.value
-        return s.text if type(v) is bytes else v  # type: ignore[return-value]
+        return s.text if type(v) is bytes else v  # type: ignore[no-any-return]
 
     return get
 
@@ -244,7 +232,7 @@ def _accessor(segments: tuple[str, ...], pos: int, field: str) -> Accessor:
     if len(segments) == 1 and head in _SIMPLE:
         return _SIMPLE[head]
     if head in ("reported", "desired") and len(segments) == 2:
-        return (_reported if head == "reported" else _desired)(segments[1])
+        return _value(segments[1], "actual" if head == "reported" else "expected")
     if head == "ack" and len(segments) == 3 and segments[2] == "status":
         return _ack_status(segments[1])
     raise QueryError(

@@ -579,6 +579,34 @@ class TwinCore:
         if msg.response_topic is not None and _check_reply_topic(msg.response_topic):
             batch.out.append(Outgoing(msg.response_topic, payload, msg.correlation))
 
+    def _refuse(
+        self,
+        batch: Batch,
+        msg: Incoming,
+        topic: str,
+        eid: str,
+        now: int,
+        dev: DeviceTwin,
+        code: int,
+        reason: str,
+    ) -> None:
+        self._send(batch, msg, topic, error_message(eid, now, code, reason, dev.version))
+
+    def _refuse_failed(
+        self,
+        batch: Batch,
+        msg: Incoming,
+        topic: str,
+        eid: str,
+        now: int,
+        dev: DeviceTwin,
+        failure: str,
+    ) -> None:
+        """The 500 of a request whose batch could not be committed (nothing changed)."""
+        self._refuse(
+            batch, msg, topic, eid, now, dev, 500, f"store failure, nothing changed: {failure}"
+        )
+
     def _reply_error(
         self,
         batch: Batch,
@@ -648,19 +676,10 @@ class TwinCore:
         try:
             plan = plan_update(dev, body, self.options, now)
         except TwinError as exc:
-            self._send(
-                batch, msg, topic, error_message(eid, now, exc.code, exc.reason, dev.version)
-            )
+            self._refuse(batch, msg, topic, eid, now, dev, exc.code, exc.reason)
             return
         if failure is not None:
-            self._send(
-                batch,
-                msg,
-                topic,
-                error_message(
-                    eid, now, 500, f"store failure, nothing changed: {failure}", dev.version
-                ),
-            )
+            self._refuse_failed(batch, msg, topic, eid, now, dev, failure)
             return
         self._touch(batch, dev)
         applied = apply_plan(dev, plan, now)
@@ -734,19 +753,10 @@ class TwinCore:
         try:
             state = plan_state(body)
         except TwinError as exc:
-            self._send(
-                batch, msg, topic, error_message(eid, now, exc.code, exc.reason, dev.version)
-            )
+            self._refuse(batch, msg, topic, eid, now, dev, exc.code, exc.reason)
             return
         if failure is not None:
-            self._send(
-                batch,
-                msg,
-                topic,
-                error_message(
-                    eid, now, 500, f"store failure, nothing changed: {failure}", dev.version
-                ),
-            )
+            self._refuse_failed(batch, msg, topic, eid, now, dev, failure)
             return
         last_online = rfc3339(now) if state in ONLINE_STATES else dev.last_online
         if state != dev.state or last_online != dev.last_online:
