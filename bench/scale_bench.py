@@ -412,10 +412,11 @@ def run_workload(
             out.update(read_json_line(mapper, timeout=120))
             read_json_line(mapper, timeout=120)  # measuring
             profile_to = os.environ.get("MAPPERKIT_SCALE_PROFILE")
+            spy: subprocess.Popen[bytes] | None = None
             if profile_to:
                 # Sample the mapper with py-spy (collapsed stacks) during the measured window.
                 beside = Path(sys.executable).with_name("py-spy")
-                subprocess.Popen(
+                spy = subprocess.Popen(
                     [
                         str(beside) if beside.exists() else "py-spy",
                         "record",
@@ -443,6 +444,8 @@ def run_workload(
             out["rss_peak_mb"] = rss_peak_mb(mapper.pid)
             out["rss_mb"] = rss_mb(mapper.pid)
             out.update(stats)
+            if spy is not None:
+                spy.wait(30)  # the profile is complete once py-spy has written it
         finally:
             mapper.terminate()
             mapper.wait(10)
